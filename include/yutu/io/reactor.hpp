@@ -134,7 +134,6 @@ class reactor final : public coro::executor {
   std::thread::id owner_{};
   bool bound_ = false;
   bool disabled_ = false;  // created with R_DISABLED, enabled on bind
-  bool stop_ = false;
   std::atomic<bool> stop_requested_{false};
 
   // Local ready queue (owner thread only), FIFO.
