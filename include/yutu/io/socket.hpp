@@ -1,0 +1,265 @@
+// TCP sockets on the reactor: a listener, a stream, and one io_uring awaitable per operation.
+//
+// Every operation is a uring_op, so `.with_timeout(d)` (a linked timeout: std::errc::timed_out) and
+// cancellation by stop token (std::errc::operation_canceled) work on each of them, and an awaiter is
+// never destroyed while the kernel still owes it a completion. Sockets are blocking fds: io_uring
+// arms its own poll for them, and a blocking fd keeps the synchronous helpers (shutdown, options)
+// simple. Sends use MSG_NOSIGNAL: a peer that went away is an EPIPE value, not a signal.
+//
+// send_zc completes only after the kernel's notification CQE, i.e. when the kernel no longer reads
+// the caller's buffer; send_all picks it for large chunks where the kernel supports it.
+#pragma once
+
+#include <liburing.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <utility>
+
+#include "yutu/coro/task.hpp"
+#include "yutu/error.hpp"
+#include "yutu/io/address.hpp"
+#include "yutu/io/op.hpp"
+#include "yutu/io/reactor.hpp"
+
+namespace yutu::io {
+
+class tcp_stream;
+
+namespace detail {
+// The kernel caps one socket transfer at MAX_RW_COUNT (INT_MAX rounded down to a page); an SQE's
+// length is 32 bits. Larger spans are sent or received in pieces by the *_all / *_exact loops.
+inline constexpr std::size_t max_io_chunk = std::size_t{1} << 30;
+inline unsigned clamp_len(std::size_t n) noexcept {
+  return static_cast<unsigned>(n < max_io_chunk ? n : max_io_chunk);
+}
+}  // namespace detail
+
+// recv(2) through the ring. 0 bytes means the peer closed its side (orderly EOF).
+class recv_op : public uring_op<recv_op> {
+ public:
+  recv_op(int fd, std::span<std::byte> buf, int flags = 0) noexcept : fd_(fd), buf_(buf), flags_(flags) {}
+  recv_op(recv_op&& o) noexcept : uring_op<recv_op>(std::move(o)), fd_(o.fd_), buf_(o.buf_), flags_(o.flags_) {}
+  void prepare(io_uring_sqe* sqe) noexcept {
+    io_uring_prep_recv(sqe, fd_, buf_.data(), detail::clamp_len(buf_.size()), flags_);
+  }
+  result<std::size_t> await_resume() const noexcept {
+    if (auto ec = error()) return fail(ec);
+    return static_cast<std::size_t>(res_);
+  }
+
+ private:
+  int fd_;
+  std::span<std::byte> buf_;
+  int flags_;
+};
+
+// send(2) through the ring; may send fewer bytes than asked (see tcp_stream::send_all).
+class send_op : public uring_op<send_op> {
+ public:
+  send_op(int fd, std::span<const std::byte> buf, int flags = MSG_NOSIGNAL) noexcept
+      : fd_(fd), buf_(buf), flags_(flags) {}
+  send_op(send_op&& o) noexcept : uring_op<send_op>(std::move(o)), fd_(o.fd_), buf_(o.buf_), flags_(o.flags_) {}
+  void prepare(io_uring_sqe* sqe) noexcept {
+    io_uring_prep_send(sqe, fd_, buf_.data(), detail::clamp_len(buf_.size()), flags_);
+  }
+  result<std::size_t> await_resume() const noexcept {
+    if (auto ec = error()) return fail(ec);
+    return static_cast<std::size_t>(res_);
+  }
+
+ private:
+  int fd_;
+  std::span<const std::byte> buf_;
+  int flags_;
+};
+
+// IORING_OP_SEND_ZC: the kernel sends from the caller's pages. Two CQEs: the result (flagged
+// IORING_CQE_F_MORE when a notification follows, also on error) and the notification
+// (IORING_CQE_F_NOTIF) once the kernel released the pages. uring_op resumes only after both, so the
+// buffer may be reused as soon as co_await returns. Where the ring lacks SEND_ZC this is a plain send.
+class send_zc_op : public uring_op<send_zc_op> {
+ public:
+  send_zc_op(int fd, std::span<const std::byte> buf, int flags = MSG_NOSIGNAL) noexcept
+      : fd_(fd), buf_(buf), flags_(flags) {}
+  send_zc_op(send_zc_op&& o) noexcept
+      : uring_op<send_zc_op>(std::move(o)), fd_(o.fd_), buf_(o.buf_), flags_(o.flags_) {}
+  void prepare(io_uring_sqe* sqe) noexcept {
+    zc_ = reactor::current()->features().send_zc;
+    if (zc_)
+      io_uring_prep_send_zc(sqe, fd_, buf_.data(), detail::clamp_len(buf_.size()), flags_, 0);
+    else
+      io_uring_prep_send(sqe, fd_, buf_.data(), detail::clamp_len(buf_.size()), flags_);
+  }
+  // Called for each CQE of the SQE; true while another one is owed.
+  bool on_result(int, std::uint32_t flags) noexcept {
+    if (flags & IORING_CQE_F_NOTIF) {
+      notified_ = true;
+      return false;
+    }
+    return (flags & IORING_CQE_F_MORE) != 0;
+  }
+  result<std::size_t> await_resume() const noexcept {
+    if (auto ec = error()) return fail(ec);
+    return static_cast<std::size_t>(res_);
+  }
+  // Whether the kernel took the zero-copy path and sent its notification (false after a fallback).
+  bool used_zero_copy() const noexcept { return zc_ && notified_; }
+
+ private:
+  int fd_;
+  std::span<const std::byte> buf_;
+  int flags_;
+  bool zc_ = false;
+  bool notified_ = false;
+};
+
+// connect(2) through the ring; owns the new socket until it is handed to the resulting tcp_stream.
+class connect_op : public uring_op<connect_op> {
+ public:
+  explicit connect_op(const address& to) noexcept;
+  connect_op(connect_op&& o) noexcept
+      : uring_op<connect_op>(std::move(o)),
+        to_(o.to_),
+        fd_(std::exchange(o.fd_, -1)),
+        socket_error_(o.socket_error_) {}
+  ~connect_op() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  void prepare(io_uring_sqe* sqe) noexcept {
+    // A socket that could not be created still goes through the ring (as a NOP) so the op keeps the
+    // uniform await protocol; await_resume reports the socket error.
+    if (fd_ < 0)
+      io_uring_prep_nop(sqe);
+    else
+      io_uring_prep_connect(sqe, fd_, to_.data(), to_.size());
+  }
+  result<tcp_stream> await_resume() noexcept;
+
+ private:
+  address to_;
+  int fd_ = -1;
+  int socket_error_ = 0;
+};
+
+// accept4(2) through the ring; the new stream gets TCP_NODELAY and FD_CLOEXEC.
+class accept_op : public uring_op<accept_op> {
+ public:
+  explicit accept_op(int fd) noexcept : fd_(fd) {}
+  accept_op(accept_op&& o) noexcept : uring_op<accept_op>(std::move(o)), fd_(o.fd_) {}
+  void prepare(io_uring_sqe* sqe) noexcept { io_uring_prep_accept(sqe, fd_, nullptr, nullptr, SOCK_CLOEXEC); }
+  result<tcp_stream> await_resume() noexcept;
+
+ private:
+  int fd_;
+};
+
+// A connected TCP socket. Move-only; closes its fd. Operations borrow the stream: it must outlive
+// every operation awaited on it.
+class tcp_stream {
+ public:
+  // Chunks at least this large go out with SEND_ZC in send_all. Measured on loopback (kernel 6.18,
+  // bench/socket_zc_bench): see the comment at the definition in src/io/socket.cpp.
+  static constexpr std::size_t zc_threshold = 64 * 1024;
+
+  tcp_stream() noexcept = default;
+  explicit tcp_stream(int fd) noexcept : fd_(fd) {}
+  tcp_stream(tcp_stream&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  tcp_stream& operator=(tcp_stream&& o) noexcept {
+    if (this != &o) {
+      close();
+      fd_ = std::exchange(o.fd_, -1);
+    }
+    return *this;
+  }
+  tcp_stream(const tcp_stream&) = delete;
+  tcp_stream& operator=(const tcp_stream&) = delete;
+  ~tcp_stream() { close(); }
+
+  static connect_op connect(const address& to) noexcept { return connect_op(to); }
+
+  recv_op recv(std::span<std::byte> buf) noexcept { return recv_op(fd_, buf); }
+  send_op send(std::span<const std::byte> buf) noexcept { return send_op(fd_, buf); }
+  send_zc_op send_zc(std::span<const std::byte> buf) noexcept { return send_zc_op(fd_, buf); }
+
+  // Sends every byte, looping over short writes; chunks >= zc_threshold use SEND_ZC where supported.
+  // On error some prefix may have been sent: the stream is then unusable for framed protocols.
+  task<result<void>> send_all(std::span<const std::byte> buf);
+  // Fills `buf` completely; EOF before that is errc::closed.
+  task<result<void>> recv_exact(std::span<std::byte> buf);
+
+  // Sends FIN; the peer reads EOF and may still send to us.
+  result<void> shutdown_write() noexcept;
+  void close() noexcept;
+  // Gives up ownership of the fd.
+  int release() noexcept { return std::exchange(fd_, -1); }
+
+  int fd() const noexcept { return fd_; }
+  bool is_open() const noexcept { return fd_ >= 0; }
+  address peer_address() const noexcept;
+  address local_address() const noexcept;
+
+  result<void> set_nodelay(bool on) noexcept;
+  result<void> set_send_buffer_size(int bytes) noexcept;
+  result<void> set_recv_buffer_size(int bytes) noexcept;
+  // SO_LINGER; (true, 0) makes close() send RST instead of FIN and skip TIME_WAIT.
+  result<void> set_linger(bool on, int seconds) noexcept;
+
+ private:
+  int fd_ = -1;
+};
+
+// A listening TCP socket (SO_REUSEADDR). Move-only; closes its fd.
+class tcp_listener {
+ public:
+  tcp_listener() noexcept = default;
+  tcp_listener(tcp_listener&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  tcp_listener& operator=(tcp_listener&& o) noexcept {
+    if (this != &o) {
+      close();
+      fd_ = std::exchange(o.fd_, -1);
+    }
+    return *this;
+  }
+  tcp_listener(const tcp_listener&) = delete;
+  tcp_listener& operator=(const tcp_listener&) = delete;
+  ~tcp_listener() { close(); }
+
+  // Port 0 picks a free port; local_address() tells which.
+  static result<tcp_listener> bind(const address& at, int backlog = 1024) noexcept;
+  address local_address() const noexcept;
+  accept_op accept() noexcept { return accept_op(fd_); }
+  int fd() const noexcept { return fd_; }
+  bool is_open() const noexcept { return fd_ >= 0; }
+  void close() noexcept;
+
+ private:
+  int fd_ = -1;
+};
+
+// --- inline definitions that need tcp_stream complete ---
+
+namespace detail {
+result<void> set_int_option(int fd, int level, int name, int value) noexcept;
+}
+
+inline result<tcp_stream> connect_op::await_resume() noexcept {
+  if (socket_error_) return fail_errno(-socket_error_);
+  if (auto ec = error()) return fail(ec);
+  tcp_stream s(std::exchange(fd_, -1));
+  // Latency over coalescing: frames are written whole, so Nagle only adds delay.
+  (void)s.set_nodelay(true);
+  return s;
+}
+
+inline result<tcp_stream> accept_op::await_resume() noexcept {
+  if (auto ec = error()) return fail(ec);
+  tcp_stream s(res_);
+  (void)s.set_nodelay(true);
+  return s;
+}
+
+}  // namespace yutu::io
