@@ -1,0 +1,104 @@
+// Registered memory: the only memory a peer can reach, and the allocator of shareable memory.
+//
+// Registration is the control path (a mutex, a sorted map); lookups are the data path, so they read
+// an immutable snapshot that registration replaces: a reader takes a reference-counted pointer to the
+// current snapshot under a version check, with no lock in steady state. Every remote access is
+// checked against a snapshot: the range must lie inside one buffer registered as remotely
+// accessible, else te_errc::address_not_registered.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "yutu/error.hpp"
+#include "yutu/transfer/types.hpp"
+
+namespace yutu::transfer {
+
+struct registered_buffer {
+  std::uint64_t addr = 0;
+  std::uint64_t length = 0;
+  location where;
+  bool remote_accessible = true;
+  int shm_fd = -1;  // memfd when allocated by shm_allocator
+  std::uint64_t shm_offset = 0;
+  std::uint64_t shm_size = 0;
+};
+
+class memory_registry {
+ public:
+  struct snapshot {
+    std::vector<registered_buffer> buffers;  // sorted by addr, non-overlapping
+    // The buffer wholly containing [addr, addr+len), or nullptr.
+    const registered_buffer* find(std::uint64_t addr, std::uint64_t len) const noexcept;
+  };
+
+  // Rejects empty, wrapping and overlapping ranges (te_errc::address_overlapped).
+  result<void> add(registered_buffer b);
+  // Removes the buffer starting at addr (te_errc::address_not_registered if none).
+  result<registered_buffer> remove(std::uint64_t addr);
+
+  // The current snapshot. Cheap: one atomic load when nothing changed since `cache` was taken.
+  std::shared_ptr<const snapshot> current() const;
+  // Reader-side cache: keeps the last snapshot and refreshes it only when the version moved.
+  class reader {
+   public:
+    explicit reader(const memory_registry& r) : r_(&r) {}
+    const snapshot& get() {
+      auto v = r_->version_.load(std::memory_order_acquire);
+      if (!snap_ || v != version_) {
+        snap_ = r_->current();
+        version_ = v;
+      }
+      return *snap_;
+    }
+
+   private:
+    const memory_registry* r_;
+    std::shared_ptr<const snapshot> snap_;
+    std::uint64_t version_ = ~0ull;
+  };
+
+  std::vector<registered_buffer> list() const;
+  std::uint64_t version() const noexcept { return version_.load(std::memory_order_acquire); }
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::uint64_t, registered_buffer> by_addr_;
+  std::atomic<std::shared_ptr<const snapshot>> snap_{std::make_shared<const snapshot>()};
+  std::atomic<std::uint64_t> version_{0};
+};
+
+// Shareable memory: each allocation is its own memfd mapping (hugepages when asked), so a peer on the
+// same host can map exactly that allocation and nothing else of this process.
+struct shm_block {
+  void* addr = nullptr;
+  std::uint64_t size = 0;
+  int fd = -1;
+};
+result<shm_block> shm_allocate(std::uint64_t size, bool hugepages = false);
+void shm_free(const shm_block& b) noexcept;
+
+// A mapping of a peer's memfd (opened through /proc/<pid>/fd/<fd>), unmapped on destruction.
+class shm_mapping {
+ public:
+  static result<shm_mapping> open(int pid, int fd, std::uint64_t size);
+  shm_mapping() = default;
+  shm_mapping(shm_mapping&& o) noexcept;
+  shm_mapping& operator=(shm_mapping&& o) noexcept;
+  ~shm_mapping();
+  std::byte* data() const noexcept { return static_cast<std::byte*>(addr_); }
+  std::uint64_t size() const noexcept { return size_; }
+
+ private:
+  void* addr_ = nullptr;
+  std::uint64_t size_ = 0;
+};
+
+}  // namespace yutu::transfer

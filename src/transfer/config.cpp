@@ -1,0 +1,109 @@
+// engine_config from JSON and from YUTU_* environment variables.
+#include "yutu/transfer/config.hpp"
+
+#include <charconv>
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+
+namespace yutu::transfer {
+namespace {
+
+template <class T>
+result<T> parse_uint(std::string_view s) {
+  T v{};
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc{} || p != s.data() + s.size()) return fail(te_errc::invalid_argument);
+  return v;
+}
+
+std::vector<std::string> split_list(std::string_view s) {
+  std::vector<std::string> out;
+  while (!s.empty()) {
+    auto c = s.find(',');
+    auto item = s.substr(0, c);
+    if (!item.empty()) out.emplace_back(item);
+    if (c == std::string_view::npos) break;
+    s.remove_prefix(c + 1);
+  }
+  return out;
+}
+
+bool known_transport(std::string_view t) { return t == "local" || t == "shm" || t == "tcp" || t == "rdma"; }
+
+}  // namespace
+
+result<engine_config> engine_config::from_json(std::string_view text) {
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return fail(te_errc::invalid_argument);
+  engine_config c;
+  try {
+    c.local_segment_name = j.value("local_segment_name", c.local_segment_name);
+    c.metadata = j.value("metadata", c.metadata);
+    c.listen_host = j.value("listen_host", c.listen_host);
+    c.listen_port = j.value("listen_port", c.listen_port);
+    c.threads = j.value("threads", c.threads);
+    c.transports = j.value("transports", c.transports);
+    c.tcp_connections_per_peer = j.value("tcp_connections_per_peer", c.tcp_connections_per_peer);
+    c.tcp_slice_size = j.value("tcp_slice_size", c.tcp_slice_size);
+    c.max_slice_size = j.value("max_slice_size", c.max_slice_size);
+    c.batch_deadline = std::chrono::milliseconds(j.value("batch_deadline_ms", c.batch_deadline.count()));
+    c.connect_timeout = std::chrono::milliseconds(j.value("connect_timeout_ms", c.connect_timeout.count()));
+    c.descriptor_lease = std::chrono::milliseconds(j.value("descriptor_lease_ms", c.descriptor_lease.count()));
+    c.max_batch_size = j.value("max_batch_size", c.max_batch_size);
+  } catch (const nlohmann::json::exception&) {
+    return fail(te_errc::invalid_argument);
+  }
+  for (auto& t : c.transports)
+    if (!known_transport(t)) return fail(te_errc::invalid_argument);
+  if (c.threads == 0 || c.tcp_connections_per_peer == 0 || c.tcp_slice_size == 0 ||
+      c.tcp_slice_size > c.max_slice_size)
+    return fail(te_errc::invalid_argument);
+  return c;
+}
+
+result<void> engine_config::apply_env() {
+  auto str = [](const char* name) -> const char* { return std::getenv(name); };
+  if (auto v = str("YUTU_SEGMENT_NAME")) local_segment_name = v;
+  if (auto v = str("YUTU_METADATA")) metadata = v;
+  if (auto v = str("YUTU_LISTEN_HOST")) listen_host = v;
+  if (auto v = str("YUTU_LISTEN_PORT")) {
+    auto p = parse_uint<std::uint16_t>(v);
+    if (!p) return fail(p.error());
+    listen_port = *p;
+  }
+  if (auto v = str("YUTU_THREADS")) {
+    auto p = parse_uint<std::size_t>(v);
+    if (!p || *p == 0) return fail(te_errc::invalid_argument);
+    threads = *p;
+  }
+  if (auto v = str("YUTU_TRANSPORTS")) {
+    auto list = split_list(v);
+    for (auto& t : list)
+      if (!known_transport(t)) return fail(te_errc::invalid_argument);
+    if (list.empty()) return fail(te_errc::invalid_argument);
+    transports = std::move(list);
+  }
+  if (auto v = str("YUTU_TCP_CONNECTIONS")) {
+    auto p = parse_uint<std::size_t>(v);
+    if (!p || *p == 0) return fail(te_errc::invalid_argument);
+    tcp_connections_per_peer = *p;
+  }
+  if (auto v = str("YUTU_TCP_SLICE_SIZE")) {
+    auto p = parse_uint<std::uint64_t>(v);
+    if (!p || *p == 0 || *p > max_slice_size) return fail(te_errc::invalid_argument);
+    tcp_slice_size = *p;
+  }
+  if (auto v = str("YUTU_BATCH_DEADLINE_MS")) {
+    auto p = parse_uint<std::uint64_t>(v);
+    if (!p) return fail(p.error());
+    batch_deadline = std::chrono::milliseconds(*p);
+  }
+  if (auto v = str("YUTU_CONNECT_TIMEOUT_MS")) {
+    auto p = parse_uint<std::uint64_t>(v);
+    if (!p) return fail(p.error());
+    connect_timeout = std::chrono::milliseconds(*p);
+  }
+  return ok();
+}
+
+}  // namespace yutu::transfer

@@ -1,0 +1,1054 @@
+// The transfer engine: peers, transport choice and fallback, the TCP service, batches, notifications.
+#include "yutu/transfer/engine.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <unordered_map>
+
+#include <fmt/ranges.h>
+
+#include "tcp_conn.hpp"
+#include "yutu/coro/async_event.hpp"
+#include "yutu/coro/async_mutex.hpp"
+#include "yutu/coro/when_all.hpp"
+#include "yutu/io/reactor_pool.hpp"
+#include "yutu/io/socket.hpp"
+#include "yutu/io/timeout.hpp"
+#include "yutu/log.hpp"
+#include "yutu/transfer/memory.hpp"
+#include "yutu/transfer/metadata.hpp"
+#include "yutu/transfer/wire.hpp"
+
+namespace yutu::transfer {
+namespace {
+
+// Resumes the awaiting coroutine on `e` (the caller's executor), unless it is already there.
+struct hop_to {
+  coro::executor* e;
+  coro::resume_item item;
+  bool await_ready() const noexcept { return !e || e->running_in_this_thread(); }
+  void await_suspend(std::coroutine_handle<> h) noexcept {
+    item.handle = h;
+    e->post(&item);
+  }
+  void await_resume() const noexcept {}
+};
+
+std::uint64_t random_incarnation() {
+  std::random_device rd;
+  std::uint64_t v = 0;
+  while (v == 0) v = (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
+  return v;
+}
+
+// Errors after which another transport may still succeed.
+bool may_fall_back(const std::error_code& ec) {
+  if (ec == te_errc::address_not_registered || ec == te_errc::invalid_argument || ec == te_errc::stale_segment)
+    return false;
+  if (is_canceled(ec) || is_timeout(ec)) return false;
+  return true;
+}
+
+int open_pidfd(int pid) {
+#ifdef SYS_pidfd_open
+  return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+#else
+  (void)pid;
+  return -1;
+#endif
+}
+
+}  // namespace
+
+struct peer {
+  segment_id id = 0;
+  std::string name;
+  bool self = false;
+
+  mutable std::mutex mu;
+  std::shared_ptr<const segment_desc> desc;
+
+  struct conn_slot {
+    std::size_t home = 0;
+    std::shared_ptr<detail::client_conn> conn;  // touched on the home reactor only
+    std::unique_ptr<coro::async_mutex> connect_mu = std::make_unique<coro::async_mutex>();
+  };
+  std::vector<conn_slot> conns;
+  std::atomic<std::size_t> next_conn{0};
+
+  std::mutex shm_mu;
+  std::map<int, std::shared_ptr<shm_mapping>> maps;  // by the owner's memfd number
+  int pidfd = -1;
+  std::uint64_t mapped_incarnation = 0;
+
+  std::shared_ptr<const segment_desc> snapshot() const {
+    std::lock_guard lk(mu);
+    return desc;
+  }
+  ~peer() {
+    if (pidfd >= 0) ::close(pidfd);
+  }
+};
+
+struct engine::impl final : detail::engine_spawner {
+  engine_config cfg;
+  std::uint64_t incarnation = random_incarnation();
+  std::string name;
+  std::string host;
+  std::uint16_t port = 0;
+  std::unique_ptr<io::reactor_pool> pool;
+  memory_registry registry;
+  std::unique_ptr<metadata_store> meta;  // null in P2P mode
+  bool p2p = false;
+  std::optional<io::tcp_listener> listener;
+  std::stop_source stop_src;
+  std::atomic<bool> stopping{false};
+
+  std::mutex shm_mu;
+  std::map<std::uint64_t, shm_block> shm_blocks;
+
+  std::mutex server_mu;
+  std::set<int> server_fds;
+
+  mutable std::mutex peers_mu;
+  std::unordered_map<segment_id, std::shared_ptr<peer>> peers;
+  std::unordered_map<std::string, segment_id> by_name;
+  segment_id next_segment = 1;
+
+  struct batch_state {
+    std::vector<transfer_request> reqs;
+    batch_result result;
+    std::atomic<bool> done{false};
+  };
+  mutable std::mutex batches_mu;
+  std::unordered_map<batch_id, std::shared_ptr<batch_state>> batches;
+  batch_id next_batch = 1;
+
+  std::mutex notif_mu;
+  std::deque<notification> notifs;
+  coro::async_event notif_event;
+  static constexpr std::size_t max_queued_notifications = 1u << 16;
+
+  std::atomic<bool> publish_running{false};
+  std::atomic<bool> publish_dirty{false};
+
+  transport_counters local_c, shm_c, tcp_c, none_c;
+  std::atomic<std::size_t> rr{0};
+
+  void spawn_on(std::size_t i, task<void> t) override { pool->spawn(i, std::move(t)); }
+
+  transport_counters& counters_for(std::string_view t) {
+    if (t == "local") return local_c;
+    if (t == "shm") return shm_c;
+    if (t == "tcp") return tcp_c;
+    return none_c;
+  }
+  bool offers(std::string_view t) const {
+    return std::find(cfg.transports.begin(), cfg.transports.end(), t) != cfg.transports.end();
+  }
+  bool on_engine_thread() const {
+    io::reactor* r = io::reactor::current();
+    if (!r) return false;
+    for (std::size_t i = 0; i < pool->size(); ++i)
+      if (&pool->at(i) == r) return true;
+    return false;
+  }
+  std::size_t pick_reactor() { return rr.fetch_add(1, std::memory_order_relaxed) % pool->size(); }
+
+  segment_desc build_desc() const {
+    segment_desc d;
+    d.name = name;
+    d.incarnation = incarnation;
+    d.host_id = local_host_id();
+    d.pid = ::getpid();
+    d.tcp_host = host;
+    d.tcp_port = port;
+    d.transports = cfg.transports;
+    for (const auto& b : registry.list()) {
+      if (!b.remote_accessible) continue;
+      buffer_desc bd;
+      bd.addr = b.addr;
+      bd.length = b.length;
+      bd.location = b.where.to_string();
+      bd.shm_fd = b.shm_fd;
+      bd.shm_offset = b.shm_offset;
+      bd.shm_size = b.shm_size;
+      d.buffers.push_back(std::move(bd));
+    }
+    return d;
+  }
+
+  // --- descriptor publication (coalesced: one publisher at a time, re-run while dirty) ---
+  task<void> publish_loop() {
+    for (;;) {
+      publish_dirty.store(false, std::memory_order_release);
+      auto r = co_await meta->put(ram_key(name), build_desc().to_json(),
+                                  put_options{.lease_ttl = cfg.descriptor_lease});
+      if (!r) log::warn("engine {}: publishing the descriptor failed: {}", name, r.error().message());
+      if (publish_dirty.load(std::memory_order_acquire)) continue;
+      publish_running.store(false, std::memory_order_release);
+      // A change that raced with the release above: take the job back if nobody else did.
+      if (publish_dirty.load(std::memory_order_acquire) && !publish_running.exchange(true)) continue;
+      break;
+    }
+  }
+  void schedule_publish() {
+    if (!meta || stopping.load()) return;
+    publish_dirty.store(true, std::memory_order_release);
+    if (!publish_running.exchange(true, std::memory_order_acq_rel)) pool->spawn(0, publish_loop());
+  }
+
+  // --- the TCP service ---
+  std::error_code check_remote(const wire::header& h, memory_registry::reader& rd) const {
+    if (h.incarnation != 0 && h.incarnation != incarnation) return make_error_code(te_errc::stale_segment);
+    const registered_buffer* b = rd.get().find(h.addr, h.length);
+    if (!b || !b->remote_accessible) return make_error_code(te_errc::address_not_registered);
+    return {};
+  }
+
+  task<void> serve_conn(io::tcp_stream s) {
+    {
+      std::lock_guard lk(server_mu);
+      if (stopping.load()) co_return;
+      server_fds.insert(s.fd());
+    }
+    memory_registry::reader rd(registry);
+    wire::header_bytes hb;
+    std::string body;
+    for (;;) {
+      auto r = co_await detail::recv_all(s, hb);
+      if (!r) break;
+      auto h = wire::decode(hb, cfg.max_slice_size);
+      if (!h) {
+        log::warn("engine {}: malformed frame from {}: {}; closing the connection", name,
+                  s.peer_address().to_string(), h.error().message());
+        break;
+      }
+      wire::header resp;
+      resp.id = h->id;
+      std::span<const std::byte> payload;
+      bool stream_ok = true;
+      switch (h->type) {
+        case wire::frame_type::write: {
+          resp.type = wire::frame_type::write_ack;
+          std::error_code st = check_remote(*h, rd);
+          if (!st)
+            stream_ok = static_cast<bool>(co_await detail::recv_all(
+                s, std::span(reinterpret_cast<std::byte*>(h->addr), h->length)));
+          else
+            stream_ok = static_cast<bool>(co_await detail::drain(s, h->length));
+          resp.status = st.value();
+          break;
+        }
+        case wire::frame_type::read: {
+          resp.type = wire::frame_type::read_resp;
+          std::error_code st = check_remote(*h, rd);
+          resp.status = st.value();
+          if (!st) {
+            resp.length = h->length;
+            payload = std::span(reinterpret_cast<const std::byte*>(h->addr), h->length);
+          }
+          break;
+        }
+        case wire::frame_type::desc_req: {
+          resp.type = wire::frame_type::desc_resp;
+          body = build_desc().to_json();
+          resp.length = body.size();
+          payload = std::as_bytes(std::span(body));
+          break;
+        }
+        case wire::frame_type::notify: {
+          resp.type = wire::frame_type::notify_ack;
+          body.assign(h->length, '\0');
+          stream_ok = static_cast<bool>(co_await detail::recv_all(s, std::as_writable_bytes(std::span(body))));
+          if (!stream_ok) break;
+          auto nul = body.find('\0');
+          notification n;
+          if (nul == std::string::npos) {
+            n.message = body;
+          } else {
+            n.from = body.substr(0, nul);
+            n.message = body.substr(nul + 1);
+          }
+          bool queued = false;
+          {
+            std::lock_guard lk(notif_mu);
+            if (notifs.size() < max_queued_notifications) {
+              notifs.push_back(std::move(n));
+              queued = true;
+            }
+          }
+          if (queued)
+            notif_event.set();
+          else
+            resp.status = static_cast<int>(te_errc::too_many_requests);
+          break;
+        }
+        default:
+          log::warn("engine {}: unexpected frame type {} from a client; closing", name, static_cast<int>(h->type));
+          stream_ok = false;
+          break;
+      }
+      if (!stream_ok) break;
+      auto out = wire::encode(resp);
+      if (!co_await detail::send_frame(s.fd(), out, payload)) break;
+    }
+    {
+      std::lock_guard lk(server_mu);
+      server_fds.erase(s.fd());
+    }
+    s.close();
+  }
+
+  task<void> accept_loop() {
+    for (;;) {
+      auto s = co_await listener->accept();
+      if (!s) {
+        if (stopping.load() || is_canceled(s.error())) break;
+        log::warn("engine {}: accept failed: {}", name, s.error().message());
+        co_await io::sleep_for(std::chrono::milliseconds(10));
+        continue;
+      }
+      pool->spawn(pick_reactor(), serve_conn(std::move(*s)));
+    }
+  }
+
+  // --- peers ---
+  task<result<segment_desc>> fetch_desc_p2p(std::string name_) {
+    auto addr = io::address::parse(name_);
+    if (!addr) co_return fail(te_errc::invalid_argument);
+    auto s = co_await io::tcp_stream::connect(*addr).with_timeout(cfg.connect_timeout);
+    if (!s) {
+      log::info("engine {}: handshake with {} failed: {}", name, name_, s.error().message());
+      co_return fail(is_timeout(s.error()) ? te_errc::handshake_timeout : te_errc::handshake_socket);
+    }
+    wire::header h;
+    h.type = wire::frame_type::desc_req;
+    auto hb = wire::encode(h);
+    if (!co_await detail::send_frame(s->fd(), hb, {})) co_return fail(te_errc::handshake_socket);
+    wire::header_bytes rb;
+    auto rr_ = co_await io::with_timeout(detail::recv_all(*s, rb), cfg.connect_timeout);
+    if (!rr_) co_return fail(te_errc::handshake_timeout);
+    auto rh = wire::decode(rb, cfg.max_slice_size);
+    if (!rh || rh->type != wire::frame_type::desc_resp) co_return fail(te_errc::handshake_invalid_message);
+    std::string body(rh->length, '\0');
+    auto rb2 = co_await io::with_timeout(detail::recv_all(*s, std::as_writable_bytes(std::span(body))),
+                                         cfg.connect_timeout);
+    if (!rb2) co_return fail(te_errc::handshake_timeout);
+    auto d = segment_desc::from_json(body);
+    if (!d) co_return fail(te_errc::handshake_invalid_message);
+    co_return std::move(*d);
+  }
+
+  task<result<segment_desc>> fetch_desc(std::string name_) {
+    if (p2p) co_return co_await fetch_desc_p2p(std::move(name_));
+    auto v = co_await meta->get(ram_key(name_));
+    if (!v) co_return fail(v.error());
+    if (!*v) co_return fail(errc::segment_not_found);
+    auto d = segment_desc::from_json(**v);
+    if (!d) co_return fail(te_errc::metadata_error);
+    co_return std::move(*d);
+  }
+
+  std::shared_ptr<peer> find_peer(segment_id id) const {
+    std::lock_guard lk(peers_mu);
+    auto it = peers.find(id);
+    return it == peers.end() ? nullptr : it->second;
+  }
+
+  void set_desc(peer& p, segment_desc d) {
+    std::lock_guard lk(p.mu);
+    if (p.desc && p.desc->incarnation != d.incarnation)
+      log::info("engine {}: segment {} restarted (incarnation {:x} -> {:x})", name, p.name, p.desc->incarnation,
+                d.incarnation);
+    p.desc = std::make_shared<const segment_desc>(std::move(d));
+  }
+
+  // Refetches a peer's descriptor (after a restart or a miss). Keeps the old one on failure.
+  task<void> refresh(std::shared_ptr<peer> p) {
+    if (p->self) co_return;
+    auto d = co_await fetch_desc(p->name);
+    if (d) set_desc(*p, std::move(*d));
+  }
+
+  // Ends a connection from any thread: the shutdown runs on the connection's reactor, where its fd
+  // cannot have been closed and reused under us.
+  void shutdown_conn(std::shared_ptr<detail::client_conn> c) {
+    struct item : coro::work_item {
+      std::shared_ptr<detail::client_conn> c;
+    };
+    auto* it = new item;
+    it->c = std::move(c);
+    it->run = [](coro::work_item* w) noexcept {
+      auto* self = static_cast<item*>(w);
+      self->c->shutdown();
+      delete self;
+    };
+    it->c->home().post(it);
+  }
+
+  // The connection of slot `ci` of peer `p`, connecting (and handshaking) when needed. Runs on the
+  // slot's home reactor.
+  task<result<std::shared_ptr<detail::client_conn>>> ensure_conn(std::shared_ptr<peer> p, std::size_t ci,
+                                                                 std::uint64_t expected_incarnation) {
+    auto& slot = p->conns[ci];
+    if (slot.conn && !slot.conn->broken()) co_return slot.conn;
+    auto guard = co_await slot.connect_mu->lock();
+    if (!guard) co_return fail(guard.error());
+    if (slot.conn && !slot.conn->broken()) co_return slot.conn;
+    slot.conn.reset();
+    auto desc = p->snapshot();
+    auto addr = io::address::parse(desc->tcp_host + ":" + std::to_string(desc->tcp_port));
+    if (!addr) co_return fail(te_errc::invalid_argument);
+    auto s = co_await io::tcp_stream::connect(*addr).with_timeout(cfg.connect_timeout);
+    if (!s) {
+      log::info("engine {}: connecting to {} ({}) failed: {}", name, p->name, addr->to_string(),
+                s.error().message());
+      co_return fail(te_errc::peer_unreachable);
+    }
+    auto c = std::make_shared<detail::client_conn>(pool->at(slot.home), std::move(*s), cfg.max_slice_size);
+    c->start(slot.home, *this);
+    // Handshake: who is listening there now? A restarted peer has a new incarnation.
+    wire::header h;
+    h.type = wire::frame_type::desc_req;
+    std::string body;
+    auto ec = co_await c->call(h, {}, nullptr, &body);
+    if (ec) {
+      c->shutdown();
+      co_return fail(te_errc::handshake_socket);
+    }
+    auto d = segment_desc::from_json(body);
+    if (!d) {
+      c->shutdown();
+      co_return fail(te_errc::handshake_invalid_message);
+    }
+    if (d->incarnation != expected_incarnation) {
+      set_desc(*p, std::move(*d));
+      c->shutdown();
+      co_return fail(te_errc::stale_segment);
+    }
+    slot.conn = c;
+    co_return c;
+  }
+
+  task<std::error_code> tcp_slice(std::shared_ptr<peer> p, std::size_t ci, opcode op, std::byte* local,
+                                  std::uint64_t remote, std::uint64_t len, std::uint64_t inc) {
+    io::reactor& home = pool->at(p->conns[ci].home);
+    if (io::reactor::current() != &home) co_await home.schedule();
+    auto c = co_await ensure_conn(p, ci, inc);
+    if (!c) co_return c.error();
+    wire::header h;
+    h.type = op == opcode::write ? wire::frame_type::write : wire::frame_type::read;
+    h.incarnation = inc;
+    h.addr = remote;
+    h.length = len;
+    if (op == opcode::write) co_return co_await (*c)->call(h, std::span<const std::byte>(local, len), nullptr);
+    co_return co_await (*c)->call(h, {}, local);
+  }
+
+  task<std::error_code> exec_tcp(std::shared_ptr<peer> p, std::shared_ptr<const segment_desc> d,
+                                 const transfer_request& r) {
+    const std::uint64_t slice = cfg.tcp_slice_size;
+    const std::size_t n = static_cast<std::size_t>((r.length + slice - 1) / slice);
+    auto* base = static_cast<std::byte*>(r.source);
+    if (n == 1) {
+      std::size_t ci = p->next_conn.fetch_add(1, std::memory_order_relaxed) % p->conns.size();
+      co_return co_await tcp_slice(p, ci, r.op, base, r.target_offset, r.length, d->incarnation);
+    }
+    std::vector<task<std::error_code>> parts;
+    parts.reserve(n);
+    for (std::size_t k = 0; k < n; ++k) {
+      std::uint64_t off = k * slice;
+      std::uint64_t len = std::min(slice, r.length - off);
+      std::size_t ci = p->next_conn.fetch_add(1, std::memory_order_relaxed) % p->conns.size();
+      parts.push_back(tcp_slice(p, ci, r.op, base + off, r.target_offset + off, len, d->incarnation));
+    }
+    auto results = co_await coro::when_all(std::move(parts));
+    for (auto& e : results)
+      if (e) co_return e;
+    co_return std::error_code{};
+  }
+
+  std::error_code exec_local(const transfer_request& r) {
+    memory_registry::reader rd(registry);
+    const registered_buffer* b = rd.get().find(r.target_offset, r.length);
+    if (!b || !b->remote_accessible) return make_error_code(te_errc::address_not_registered);
+    auto* target = reinterpret_cast<void*>(r.target_offset);
+    if (r.op == opcode::write)
+      std::memmove(target, r.source, r.length);
+    else
+      std::memmove(r.source, target, r.length);
+    return {};
+  }
+
+  // The peer's shareable buffer containing the range, mapped here; nullptr when shm cannot serve it.
+  result<std::byte*> shm_target(peer& p, const segment_desc& d, std::uint64_t addr, std::uint64_t len) {
+    const buffer_desc* b = d.find(addr, len);
+    if (!b) return fail(te_errc::address_not_registered);
+    if (b->shm_fd < 0) return fail(te_errc::no_transport);
+    std::lock_guard lk(p.shm_mu);
+    if (p.mapped_incarnation != d.incarnation) {
+      p.maps.clear();
+      if (p.pidfd >= 0) ::close(p.pidfd);
+      p.pidfd = open_pidfd(d.pid);
+      p.mapped_incarnation = d.incarnation;
+    }
+    // A peer that exited leaves our mapping valid but useless: writes would vanish silently.
+    if (p.pidfd >= 0) {
+      pollfd pf{p.pidfd, POLLIN, 0};
+      if (::poll(&pf, 1, 0) > 0) return fail(te_errc::peer_unreachable);
+    }
+    auto it = p.maps.find(b->shm_fd);
+    if (it == p.maps.end()) {
+      auto m = shm_mapping::open(d.pid, b->shm_fd, b->shm_size);
+      if (!m) {
+        log::info("engine {}: mapping {}'s memory failed ({}); falling back", name, p.name, m.error().message());
+        return fail(te_errc::no_transport);
+      }
+      it = p.maps.emplace(b->shm_fd, std::make_shared<shm_mapping>(std::move(*m))).first;
+    }
+    return it->second->data() + b->shm_offset + (addr - b->addr);
+  }
+
+  std::error_code exec_shm(peer& p, const segment_desc& d, const transfer_request& r) {
+    auto t = shm_target(p, d, r.target_offset, r.length);
+    if (!t) return t.error();
+    if (r.op == opcode::write)
+      std::memcpy(*t, r.source, r.length);
+    else
+      std::memcpy(r.source, *t, r.length);
+    return {};
+  }
+
+  std::vector<std::string_view> candidates(const peer& p, const segment_desc& d, const transfer_request& r) const {
+    std::vector<std::string_view> out;
+    if (p.self && offers("local")) {
+      out.push_back("local");
+      return out;
+    }
+    if (!p.self && offers("shm") && d.speaks("shm") && d.host_id == local_host_id()) {
+      const buffer_desc* b = d.find(r.target_offset, r.length);
+      if (b && b->shm_fd >= 0) out.push_back("shm");
+    }
+    if (offers("tcp") && d.speaks("tcp")) out.push_back("tcp");
+    return out;
+  }
+
+  task<void> run_request(const transfer_request& r, std::error_code& out) {
+    if (r.length == 0) co_return;
+    if (!r.source) {
+      out = make_error_code(te_errc::invalid_argument);
+      co_return;
+    }
+    auto p = find_peer(r.segment);
+    if (!p) {
+      out = make_error_code(te_errc::invalid_argument);
+      co_return;
+    }
+    auto d = p->snapshot();
+    if (!p->self && !d->find(r.target_offset, r.length)) {
+      // Our copy of the descriptor may predate a registration: look again once.
+      co_await refresh(p);
+      d = p->snapshot();
+    }
+    auto cands = candidates(*p, *d, r);
+    std::error_code ec = make_error_code(te_errc::no_transport);
+    std::string_view prev;
+    for (std::string_view t : cands) {
+      if (!prev.empty()) {
+        counters_for(prev).fallbacks_from.fetch_add(1, std::memory_order_relaxed);
+        log::info("engine {}: {} to {} failed ({}); falling back to {}", name, prev, p->name, ec.message(), t);
+      }
+      if (t == "local")
+        ec = exec_local(r);
+      else if (t == "shm")
+        ec = exec_shm(*p, *d, r);
+      else
+        ec = co_await exec_tcp(p, d, r);
+      auto& c = counters_for(t);
+      if (!ec) {
+        c.requests.fetch_add(1, std::memory_order_relaxed);
+        c.bytes.fetch_add(r.length, std::memory_order_relaxed);
+        out = {};
+        co_return;
+      }
+      c.failures.fetch_add(1, std::memory_order_relaxed);
+      if (ec == te_errc::stale_segment || ec == te_errc::peer_unreachable) co_await refresh(p);
+      if (!may_fall_back(ec)) break;
+      prev = t;
+    }
+    out = ec;
+  }
+
+  task<void> run_batch(std::span<const transfer_request> batch, std::vector<std::error_code>& errors) {
+    if (batch.size() == 1) {
+      co_await run_request(batch[0], errors[0]);
+      co_return;
+    }
+    std::vector<task<void>> tasks;
+    tasks.reserve(batch.size());
+    for (std::size_t i = 0; i < batch.size(); ++i) tasks.push_back(run_request(batch[i], errors[i]));
+    co_await coro::when_all(std::move(tasks));
+  }
+
+  // After a deadline: connections that still owe us responses are ended, so a stalled peer cannot
+  // hold later batches hostage.
+  void reset_connections(std::span<const transfer_request> batch, const std::vector<std::error_code>& errors) {
+    std::set<segment_id> seen;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      if (!is_timeout(errors[i]) || !seen.insert(batch[i].segment).second) continue;
+      auto p = find_peer(batch[i].segment);
+      if (!p) continue;
+      for (auto& slot : p->conns) {
+        // slot.conn is owned by its home reactor: read it there.
+        struct item : coro::work_item {
+          impl* self;
+          std::shared_ptr<peer> p;
+          std::size_t ci;
+        };
+        auto* it = new item;
+        it->self = this;
+        it->p = p;
+        it->ci = static_cast<std::size_t>(&slot - p->conns.data());
+        it->run = [](coro::work_item* w) noexcept {
+          auto* x = static_cast<item*>(w);
+          if (auto& c = x->p->conns[x->ci].conn) c->shutdown();
+          delete x;
+        };
+        pool->at(slot.home).post(it);
+      }
+    }
+  }
+
+  task<std::error_code> send_notify(std::shared_ptr<peer> p, std::string msg) {
+    if (p->self) {
+      {
+        std::lock_guard lk(notif_mu);
+        if (notifs.size() >= max_queued_notifications) co_return make_error_code(te_errc::too_many_requests);
+        notifs.push_back(notification{name, std::move(msg)});
+      }
+      notif_event.set();
+      co_return std::error_code{};
+    }
+    std::string payload = name;
+    payload.push_back('\0');
+    payload += msg;
+    if (payload.size() > wire::max_control_payload) co_return make_error_code(te_errc::invalid_argument);
+    auto d = p->snapshot();
+    io::reactor& home = pool->at(p->conns[0].home);
+    if (io::reactor::current() != &home) co_await home.schedule();
+    auto c = co_await ensure_conn(p, 0, d->incarnation);
+    if (!c) co_return c.error();
+    wire::header h;
+    h.type = wire::frame_type::notify;
+    h.incarnation = d->incarnation;
+    h.length = payload.size();
+    co_return co_await (*c)->call(h, std::as_bytes(std::span(payload)), nullptr);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+
+engine::engine(std::unique_ptr<impl> p) : p_(std::move(p)) {}
+
+result<std::unique_ptr<engine>> engine::create(engine_config cfg) {
+  if (cfg.threads == 0 || cfg.tcp_connections_per_peer == 0 || cfg.tcp_slice_size == 0 ||
+      cfg.tcp_slice_size > cfg.max_slice_size || cfg.transports.empty())
+    return fail(te_errc::invalid_argument);
+  auto p = std::make_unique<impl>();
+  p->cfg = std::move(cfg);
+  auto& c = p->cfg;
+  p->p2p = (c.metadata == "P2PHANDSHAKE" || c.metadata == "p2p");
+  if (!p->p2p) {
+    auto m = make_metadata_store(c.metadata);
+    if (!m) return fail(m.error());
+    p->meta = std::move(*m);
+  }
+  auto addr = io::address::parse(c.listen_host + ":" + std::to_string(c.listen_port));
+  if (!addr) return fail(te_errc::invalid_argument);
+  auto l = io::tcp_listener::bind(*addr);
+  if (!l) {
+    log::error("engine: cannot listen on {}: {}", addr->to_string(), l.error().message());
+    return fail(l.error());
+  }
+  p->port = l->local_address().port();
+  p->host = c.listen_host == "0.0.0.0" ? "127.0.0.1" : c.listen_host;
+  p->listener.emplace(std::move(*l));
+  p->name = c.local_segment_name.empty() ? p->host + ":" + std::to_string(p->port) : c.local_segment_name;
+  p->pool = std::make_unique<io::reactor_pool>(c.threads);
+  p->pool->spawn(0, p->accept_loop().with_stop_token(p->stop_src.get_token()));
+
+  // This engine as a segment of its own (transfers to self take the local path).
+  auto self = std::make_shared<peer>();
+  self->id = 0;
+  self->name = p->name;
+  self->self = true;
+  self->desc = std::make_shared<const segment_desc>(p->build_desc());
+  self->conns.resize(c.tcp_connections_per_peer);
+  for (std::size_t i = 0; i < self->conns.size(); ++i) self->conns[i].home = i % c.threads;
+  p->peers.emplace(0, self);
+  p->by_name.emplace(p->name, 0);
+
+  if (p->meta) {
+    impl* raw = p.get();
+    auto publish = [](impl* self_) -> task<result<void>> {
+      co_return co_await self_->meta->put(ram_key(self_->name), self_->build_desc().to_json(),
+                                         put_options{.lease_ttl = self_->cfg.descriptor_lease});
+    };
+    auto r = p->pool->block_on(0, publish(raw));
+    if (!r) {
+      log::error("engine {}: cannot publish its descriptor to {}: {}", p->name, p->meta->describe(),
+                 r.error().message());
+      p->stopping = true;
+      p->stop_src.request_stop();
+      p->pool->stop_and_join();
+      return fail(te_errc::metadata_error);
+    }
+  }
+  log::info("engine {} up: tcp {}:{}, metadata {}, transports {}", p->name, p->host, p->port,
+            p->meta ? p->meta->describe() : std::string("P2PHANDSHAKE"), fmt::join(p->cfg.transports, ","));
+  return std::unique_ptr<engine>(new engine(std::move(p)));
+}
+
+engine::~engine() {
+  auto& p = *p_;
+  if (p.meta) {
+    auto unpublish = [](impl* self) -> task<result<void>> { co_return co_await self->meta->remove(ram_key(self->name)); };
+    (void)p.pool->block_on(0, unpublish(&p));
+  }
+  p.stopping = true;
+  p.stop_src.request_stop();
+  {
+    std::lock_guard lk(p.server_mu);
+    for (int fd : p.server_fds) ::shutdown(fd, SHUT_RDWR);
+  }
+  {
+    std::lock_guard lk(p.peers_mu);
+    for (auto& [_, peer_] : p.peers)
+      for (auto& slot : peer_->conns) {
+        struct item : coro::work_item {
+          std::shared_ptr<peer> pp;
+          std::size_t ci;
+        };
+        auto* it = new item;
+        it->pp = peer_;
+        it->ci = static_cast<std::size_t>(&slot - peer_->conns.data());
+        it->run = [](coro::work_item* w) noexcept {
+          auto* x = static_cast<item*>(w);
+          if (auto& c = x->pp->conns[x->ci].conn) c->shutdown();
+          delete x;
+        };
+        p.pool->at(slot.home).post(it);
+      }
+  }
+  p.pool->stop_and_join();
+  // Connections are gone with their reactors; drop them before the pool's rings disappear.
+  p.peers.clear();
+  p.listener.reset();
+  std::lock_guard lk(p.shm_mu);
+  for (auto& [_, b] : p.shm_blocks) shm_free(b);
+}
+
+const std::string& engine::segment_name() const noexcept { return p_->name; }
+std::uint64_t engine::incarnation() const noexcept { return p_->incarnation; }
+std::uint16_t engine::port() const noexcept { return p_->port; }
+const engine_config& engine::config() const noexcept { return p_->cfg; }
+
+result<void> engine::register_memory(void* addr, std::size_t length, std::string_view loc, bool remote) {
+  auto l = location::parse(loc);
+  if (!l) return fail(l.error());
+  registered_buffer b;
+  b.addr = reinterpret_cast<std::uint64_t>(addr);
+  b.length = length;
+  b.where = *l;
+  b.remote_accessible = remote;
+  {
+    std::lock_guard lk(p_->shm_mu);
+    if (auto it = p_->shm_blocks.find(b.addr); it != p_->shm_blocks.end() && it->second.size >= length) {
+      b.shm_fd = it->second.fd;
+      b.shm_size = it->second.size;
+    }
+  }
+  if (auto r = p_->registry.add(b); !r) return r;
+  p_->schedule_publish();
+  return ok();
+}
+
+result<void> engine::unregister_memory(void* addr) {
+  auto r = p_->registry.remove(reinterpret_cast<std::uint64_t>(addr));
+  if (!r) return fail(r.error());
+  p_->schedule_publish();
+  return ok();
+}
+
+result<void*> engine::allocate_shared(std::size_t length, bool hugepages) {
+  auto b = shm_allocate(length, hugepages);
+  if (!b) return fail(b.error());
+  {
+    std::lock_guard lk(p_->shm_mu);
+    p_->shm_blocks.emplace(reinterpret_cast<std::uint64_t>(b->addr), *b);
+  }
+  if (auto r = register_memory(b->addr, length); !r) {
+    std::lock_guard lk(p_->shm_mu);
+    p_->shm_blocks.erase(reinterpret_cast<std::uint64_t>(b->addr));
+    shm_free(*b);
+    return fail(r.error());
+  }
+  return b->addr;
+}
+
+result<void> engine::free_shared(void* addr) {
+  shm_block b;
+  {
+    std::lock_guard lk(p_->shm_mu);
+    auto it = p_->shm_blocks.find(reinterpret_cast<std::uint64_t>(addr));
+    if (it == p_->shm_blocks.end()) return fail(te_errc::address_not_registered);
+    b = it->second;
+    p_->shm_blocks.erase(it);
+  }
+  (void)p_->registry.remove(reinterpret_cast<std::uint64_t>(addr));
+  p_->schedule_publish();
+  shm_free(b);
+  return ok();
+}
+
+task<result<segment_id>> engine::open_segment(std::string name) {
+  auto& p = *p_;
+  {
+    std::lock_guard lk(p.peers_mu);
+    if (auto it = p.by_name.find(name); it != p.by_name.end()) co_return it->second;
+  }
+  coro::executor* caller = coro::current_executor();
+  if (!p.on_engine_thread()) co_await p.pool->at(p.pick_reactor()).schedule();
+  auto d = co_await p.fetch_desc(name);
+  if (!d) {
+    co_await hop_to{caller, {}};
+    co_return fail(d.error());
+  }
+  segment_id id;
+  {
+    std::lock_guard lk(p.peers_mu);
+    if (auto it = p.by_name.find(name); it != p.by_name.end()) {
+      id = it->second;
+    } else {
+      auto pe = std::make_shared<peer>();
+      id = pe->id = p.next_segment++;
+      pe->name = name;
+      pe->desc = std::make_shared<const segment_desc>(std::move(*d));
+      pe->conns.resize(p.cfg.tcp_connections_per_peer);
+      for (std::size_t i = 0; i < pe->conns.size(); ++i) pe->conns[i].home = (id + i) % p.cfg.threads;
+      p.peers.emplace(id, pe);
+      p.by_name.emplace(name, id);
+    }
+  }
+  co_await hop_to{caller, {}};
+  co_return id;
+}
+
+result<void> engine::close_segment(segment_id id) {
+  if (id == 0) return ok();
+  std::shared_ptr<peer> pe;
+  {
+    std::lock_guard lk(p_->peers_mu);
+    auto it = p_->peers.find(id);
+    if (it == p_->peers.end()) return fail(te_errc::invalid_argument);
+    pe = it->second;
+    p_->by_name.erase(pe->name);
+    p_->peers.erase(it);
+  }
+  for (auto& slot : pe->conns) {
+    struct item : coro::work_item {
+      std::shared_ptr<peer> pp;
+      std::size_t ci;
+    };
+    auto* it = new item;
+    it->pp = pe;
+    it->ci = static_cast<std::size_t>(&slot - pe->conns.data());
+    it->run = [](coro::work_item* w) noexcept {
+      auto* x = static_cast<item*>(w);
+      if (auto& c = x->pp->conns[x->ci].conn) {
+        c->shutdown();
+        c.reset();
+      }
+      delete x;
+    };
+    p_->pool->at(slot.home).post(it);
+  }
+  return ok();
+}
+
+result<segment_desc> engine::segment_descriptor(segment_id id) const {
+  if (id == 0) return p_->build_desc();
+  auto pe = p_->find_peer(id);
+  if (!pe) return fail(te_errc::invalid_argument);
+  return *pe->snapshot();
+}
+
+task<batch_result> engine::transfer(std::span<const transfer_request> batch, batch_options opts) {
+  auto& p = *p_;
+  batch_result out;
+  out.errors.assign(batch.size(), std::error_code{});
+  if (batch.size() > p.cfg.max_batch_size) {
+    for (auto& e : out.errors) e = make_error_code(te_errc::too_many_requests);
+    co_return out;
+  }
+  coro::executor* caller = coro::current_executor();
+  if (!p.on_engine_thread()) co_await p.pool->at(p.pick_reactor()).schedule();
+  auto deadline = opts.deadline.value_or(p.cfg.batch_deadline);
+  auto r = co_await io::with_timeout(p.run_batch(batch, out.errors), deadline);
+  if (!r && is_timeout(r.error())) {
+    for (auto& e : out.errors)
+      if (is_canceled(e)) e = std::make_error_code(std::errc::timed_out);
+    p.reset_connections(batch, out.errors);
+  }
+  if (!opts.notify.empty()) {
+    std::set<segment_id> targets;
+    for (std::size_t i = 0; i < batch.size(); ++i)
+      if (!out.errors[i]) targets.insert(batch[i].segment);
+    for (segment_id s : targets) {
+      auto pe = p.find_peer(s);
+      if (!pe) continue;
+      if (auto ec = co_await p.send_notify(pe, opts.notify))
+        log::warn("engine {}: notification to {} failed: {}", p.name, pe->name, ec.message());
+    }
+  }
+  co_await hop_to{caller, {}};
+  co_return out;
+}
+
+task<result<void>> engine::write(segment_id seg, const void* source, std::uint64_t target_offset,
+                                 std::uint64_t length) {
+  transfer_request r{opcode::write, const_cast<void*>(source), seg, target_offset, length};
+  auto res = co_await transfer(std::span(&r, 1));
+  if (auto ec = res.first_error()) co_return fail(ec);
+  co_return ok();
+}
+
+task<result<void>> engine::read(segment_id seg, void* dest, std::uint64_t target_offset, std::uint64_t length) {
+  transfer_request r{opcode::read, dest, seg, target_offset, length};
+  auto res = co_await transfer(std::span(&r, 1));
+  if (auto ec = res.first_error()) co_return fail(ec);
+  co_return ok();
+}
+
+result<batch_id> engine::submit(std::vector<transfer_request> batch, batch_options opts) {
+  if (batch.size() > p_->cfg.max_batch_size) return fail(te_errc::too_many_requests);
+  auto st = std::make_shared<impl::batch_state>();
+  st->reqs = std::move(batch);
+  batch_id id;
+  {
+    std::lock_guard lk(p_->batches_mu);
+    id = p_->next_batch++;
+    p_->batches.emplace(id, st);
+  }
+  auto run = [](engine* self, std::shared_ptr<impl::batch_state> s, batch_options o) -> task<void> {
+    s->result = co_await self->transfer(s->reqs, std::move(o));
+    s->done.store(true, std::memory_order_release);
+    s->done.notify_all();
+  };
+  p_->pool->spawn(p_->pick_reactor(), run(this, st, std::move(opts)));
+  return id;
+}
+
+result<transfer_status> engine::status(batch_id id, std::size_t index) const {
+  std::shared_ptr<impl::batch_state> st;
+  {
+    std::lock_guard lk(p_->batches_mu);
+    auto it = p_->batches.find(id);
+    if (it == p_->batches.end()) return fail(te_errc::invalid_argument);
+    st = it->second;
+  }
+  if (index >= st->reqs.size()) return fail(te_errc::invalid_argument);
+  if (!st->done.load(std::memory_order_acquire)) return transfer_status::pending;
+  const auto& e = st->result.errors[index];
+  if (!e) return transfer_status::completed;
+  if (is_timeout(e)) return transfer_status::timeout;
+  if (is_canceled(e)) return transfer_status::canceled;
+  return transfer_status::failed;
+}
+
+result<batch_result> engine::wait(batch_id id) {
+  std::shared_ptr<impl::batch_state> st;
+  {
+    std::lock_guard lk(p_->batches_mu);
+    auto it = p_->batches.find(id);
+    if (it == p_->batches.end()) return fail(te_errc::invalid_argument);
+    st = it->second;
+  }
+  while (!st->done.load(std::memory_order_acquire)) st->done.wait(false, std::memory_order_acquire);
+  return st->result;
+}
+
+result<void> engine::free_batch(batch_id id) {
+  std::lock_guard lk(p_->batches_mu);
+  auto it = p_->batches.find(id);
+  if (it == p_->batches.end()) return fail(te_errc::invalid_argument);
+  if (!it->second->done.load(std::memory_order_acquire)) return fail(te_errc::batch_busy);
+  p_->batches.erase(it);
+  return ok();
+}
+
+task<result<void>> engine::notify(segment_id seg, std::string message) {
+  auto pe = p_->find_peer(seg);
+  if (!pe) co_return fail(te_errc::invalid_argument);
+  coro::executor* caller = coro::current_executor();
+  auto ec = co_await p_->send_notify(pe, std::move(message));
+  co_await hop_to{caller, {}};
+  if (ec) co_return fail(ec);
+  co_return ok();
+}
+
+std::optional<notification> engine::try_next_notification() {
+  std::lock_guard lk(p_->notif_mu);
+  if (p_->notifs.empty()) return std::nullopt;
+  notification n = std::move(p_->notifs.front());
+  p_->notifs.pop_front();
+  return n;
+}
+
+task<result<notification>> engine::next_notification() {
+  for (;;) {
+    {
+      std::lock_guard lk(p_->notif_mu);
+      if (!p_->notifs.empty()) {
+        notification n = std::move(p_->notifs.front());
+        p_->notifs.pop_front();
+        co_return n;
+      }
+      p_->notif_event.reset();
+    }
+    auto w = co_await p_->notif_event.wait();
+    if (!w) co_return fail(w.error());
+  }
+}
+
+const transport_counters& engine::counters(std::string_view transport) const {
+  return p_->counters_for(transport);
+}
+
+std::string engine::metrics_text() const {
+  std::string out;
+  auto line = [&](const char* metric, std::string_view t, std::uint64_t v) {
+    out += fmt::format("yutu_transfer_{}{{segment=\"{}\",transport=\"{}\"}} {}\n", metric, p_->name, t, v);
+  };
+  for (std::string_view t : {"local", "shm", "tcp"}) {
+    const auto& c = p_->counters_for(t);
+    line("requests_total", t, c.requests.load());
+    line("bytes_total", t, c.bytes.load());
+    line("failures_total", t, c.failures.load());
+    line("fallbacks_total", t, c.fallbacks_from.load());
+  }
+  return out;
+}
+
+}  // namespace yutu::transfer

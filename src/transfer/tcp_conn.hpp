@@ -1,0 +1,127 @@
+// Private to the engine: a pipelined TCP connection to one peer (initiator side).
+//
+// Requests are framed (wire.hpp) and written back to back under a send lock; responses come back in
+// the same order, so a FIFO of pending slots matches them without ids in a map. One receiver
+// coroutine per connection reads responses and, for READs, receives the payload straight into the
+// caller's memory. A caller whose batch is cancelled abandons its slot: the slot stays in the FIFO
+// (owned by the connection, never by the caller's frame) and a late READ payload is drained into
+// scratch, so cancellation never lets bytes land in memory the caller may already have freed.
+// Everything here runs on the connection's home reactor, except the stop callback, which only posts.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <atomic>
+#include <coroutine>
+#include <memory>
+#include <optional>
+#include <span>
+#include <stop_token>
+#include <string>
+#include <vector>
+
+#include "yutu/coro/async_mutex.hpp"
+#include "yutu/io/op.hpp"
+#include "yutu/io/reactor.hpp"
+#include "yutu/io/socket.hpp"
+#include "yutu/transfer/wire.hpp"
+
+namespace yutu::transfer::detail {
+
+// sendmsg through the ring: a frame header and its payload leave in one call.
+class sendmsg_op : public io::uring_op<sendmsg_op> {
+ public:
+  sendmsg_op(int fd, const msghdr* m) noexcept : fd_(fd), msg_(m) {}
+  sendmsg_op(sendmsg_op&& o) noexcept : io::uring_op<sendmsg_op>(std::move(o)), fd_(o.fd_), msg_(o.msg_) {}
+  void prepare(io_uring_sqe* sqe) noexcept { io_uring_prep_sendmsg(sqe, fd_, msg_, MSG_NOSIGNAL); }
+  result<std::size_t> await_resume() const noexcept {
+    if (auto ec = error()) return fail(ec);
+    return static_cast<std::size_t>(res_);
+  }
+
+ private:
+  int fd_;
+  const msghdr* msg_;
+};
+
+// Sends header + payload completely (handles short writes).
+task<result<void>> send_frame(int fd, const wire::header_bytes& hdr, std::span<const std::byte> payload);
+
+// Receives exactly buf.size() bytes; premature EOF is errc::closed.
+task<result<void>> recv_all(io::tcp_stream& s, std::span<std::byte> buf);
+// Reads and discards n bytes.
+task<result<void>> drain(io::tcp_stream& s, std::uint64_t n);
+
+class client_conn : public std::enable_shared_from_this<client_conn> {
+ public:
+  struct slot {
+    slot* next = nullptr;
+    std::atomic<int> refs{0};
+    std::uint64_t id = 0;
+    wire::frame_type expect{};
+    std::byte* dest = nullptr;  // READ destination; nullptr once abandoned
+    std::uint64_t length = 0;
+    std::string* payload_out = nullptr;  // desc_resp
+    std::error_code ec;
+    bool done = false;
+    bool receiving_payload = false;  // the receiver is writing into dest right now
+    std::coroutine_handle<> waiter;
+    struct cancel_node : coro::work_item {
+      slot* owner = nullptr;
+    } cancel_item;
+    coro::resume_item resume;
+    client_conn* conn = nullptr;
+  };
+
+  client_conn(io::reactor& home, io::tcp_stream s, std::uint64_t max_payload)
+      : home_(&home), s_(std::move(s)), max_payload_(max_payload) {}
+  ~client_conn();
+
+  io::reactor& home() const noexcept { return *home_; }
+  bool broken() const noexcept { return broken_; }
+  int fd() const noexcept { return s_.fd(); }
+
+  // Starts the receiver. Call once, on the home reactor, with the owning shared_ptr alive.
+  void start(std::size_t home_index, class engine_spawner& sp);
+
+  // Sends one request frame and awaits its response (home reactor only). For READs the payload
+  // lands in `dest`; for desc_req the response payload lands in *payload_out.
+  task<std::error_code> call(wire::header h, std::span<const std::byte> payload, std::byte* dest,
+                             std::string* payload_out = nullptr);
+
+  // Fails everything pending and closes the socket (home reactor only).
+  void fail_all(std::error_code ec) noexcept;
+  // Makes a blocked recv/send return at once, from any thread.
+  void shutdown() noexcept;
+
+  task<void> receive_loop(std::shared_ptr<client_conn> self);
+
+ private:
+  slot* acquire_slot();
+  void release(slot* s) noexcept;
+  void complete(slot* s, std::error_code ec) noexcept;
+  struct slot_awaiter;
+
+  io::reactor* home_;
+  io::tcp_stream s_;
+  std::uint64_t max_payload_;
+  coro::async_mutex send_mu_;
+  std::uint64_t next_id_ = 1;
+  slot* fifo_head_ = nullptr;
+  slot* fifo_tail_ = nullptr;
+  slot* free_ = nullptr;
+  std::size_t slots_allocated_ = 0;
+  bool broken_ = false;
+  std::error_code broken_ec_;
+};
+
+// How the engine lets a connection start its receiver on a reactor of the pool.
+class engine_spawner {
+ public:
+  virtual void spawn_on(std::size_t reactor_index, task<void> t) = 0;
+
+ protected:
+  ~engine_spawner() = default;
+};
+
+}  // namespace yutu::transfer::detail

@@ -1,0 +1,133 @@
+// Descriptor (de)serialization and small helpers of the transfer vocabulary.
+#include "yutu/transfer/types.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+namespace yutu::transfer {
+
+std::string_view to_string(transfer_status s) noexcept {
+  switch (s) {
+    case transfer_status::waiting: return "WAITING";
+    case transfer_status::pending: return "PENDING";
+    case transfer_status::completed: return "COMPLETED";
+    case transfer_status::failed: return "FAILED";
+    case transfer_status::timeout: return "TIMEOUT";
+    case transfer_status::canceled: return "CANCELED";
+  }
+  return "UNKNOWN";
+}
+
+result<location> location::parse(std::string_view s) {
+  location l;
+  if (s.empty() || s == "*") return l;
+  auto colon = s.find(':');
+  std::string_view kind = s.substr(0, colon);
+  if (kind == "cpu")
+    l.type = kind::cpu;
+  else if (kind == "cuda")
+    l.type = kind::cuda;
+  else
+    return fail(te_errc::invalid_argument);
+  if (colon == std::string_view::npos) {
+    l.index = 0;
+    return l;
+  }
+  std::string_view idx = s.substr(colon + 1);
+  auto [p, ec] = std::from_chars(idx.data(), idx.data() + idx.size(), l.index);
+  if (ec != std::errc{} || p != idx.data() + idx.size() || l.index < 0) return fail(te_errc::invalid_argument);
+  return l;
+}
+
+std::string location::to_string() const {
+  switch (type) {
+    case kind::any: return "*";
+    case kind::cpu: return "cpu:" + std::to_string(index);
+    case kind::cuda: return "cuda:" + std::to_string(index);
+  }
+  return "*";
+}
+
+bool segment_desc::speaks(std::string_view t) const noexcept {
+  return std::find(transports.begin(), transports.end(), t) != transports.end();
+}
+
+const buffer_desc* segment_desc::find(std::uint64_t addr, std::uint64_t len) const noexcept {
+  // buffers is sorted by addr: the candidate is the last one starting at or below addr.
+  auto it = std::upper_bound(buffers.begin(), buffers.end(), addr,
+                             [](std::uint64_t a, const buffer_desc& b) { return a < b.addr; });
+  if (it == buffers.begin()) return nullptr;
+  --it;
+  if (addr - it->addr > it->length || len > it->length - (addr - it->addr)) return nullptr;
+  return &*it;
+}
+
+std::string segment_desc::to_json() const {
+  nlohmann::json j;
+  j["name"] = name;
+  j["incarnation"] = incarnation;
+  j["host_id"] = host_id;
+  j["pid"] = pid;
+  j["tcp"] = {{"host", tcp_host}, {"port", tcp_port}};
+  j["transports"] = transports;
+  auto& bufs = j["buffers"] = nlohmann::json::array();
+  for (const auto& b : buffers) {
+    nlohmann::json jb{{"addr", b.addr}, {"length", b.length}, {"location", b.location}};
+    if (b.shm_fd >= 0) jb["shm"] = {{"fd", b.shm_fd}, {"offset", b.shm_offset}, {"size", b.shm_size}};
+    bufs.push_back(std::move(jb));
+  }
+  j["version"] = 1;
+  return j.dump();
+}
+
+result<segment_desc> segment_desc::from_json(std::string_view text) {
+  auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return fail(te_errc::metadata_error);
+  try {
+    segment_desc d;
+    d.name = j.at("name").get<std::string>();
+    d.incarnation = j.at("incarnation").get<std::uint64_t>();
+    d.host_id = j.value("host_id", "");
+    d.pid = j.value("pid", 0);
+    if (auto t = j.find("tcp"); t != j.end()) {
+      d.tcp_host = t->at("host").get<std::string>();
+      d.tcp_port = t->at("port").get<std::uint16_t>();
+    }
+    d.transports = j.value("transports", std::vector<std::string>{});
+    for (const auto& jb : j.at("buffers")) {
+      buffer_desc b;
+      b.addr = jb.at("addr").get<std::uint64_t>();
+      b.length = jb.at("length").get<std::uint64_t>();
+      b.location = jb.value("location", "cpu:0");
+      if (auto s = jb.find("shm"); s != jb.end()) {
+        b.shm_fd = s->at("fd").get<int>();
+        b.shm_offset = s->at("offset").get<std::uint64_t>();
+        b.shm_size = s->at("size").get<std::uint64_t>();
+      }
+      if (b.addr + b.length < b.addr) return fail(te_errc::metadata_error);
+      d.buffers.push_back(std::move(b));
+    }
+    std::sort(d.buffers.begin(), d.buffers.end(), [](auto& a, auto& b) { return a.addr < b.addr; });
+    return d;
+  } catch (const nlohmann::json::exception&) {
+    return fail(te_errc::metadata_error);
+  }
+}
+
+const std::string& local_host_id() {
+  static const std::string id = [] {
+    std::string boot;
+    std::ifstream f("/proc/sys/kernel/random/boot_id");
+    std::getline(f, boot);
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    return boot + "/" + host;
+  }();
+  return id;
+}
+
+}  // namespace yutu::transfer

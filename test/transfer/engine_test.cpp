@@ -1,0 +1,362 @@
+// The transfer engine within one process: registration rules, local and tcp paths between two
+// engines, batches, deadlines, notifications, submit + poll, hostile frames, connection reuse.
+#include <doctest/doctest.h>
+
+#include <dirent.h>
+#include <sys/socket.h>
+
+#include <cstring>
+#include <memory>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "peer_util.hpp"
+#include "yutu/coro/sync_wait.hpp"
+#include "yutu/io/reactor.hpp"
+#include "yutu/io/socket.hpp"
+#include "yutu/transfer/engine.hpp"
+#include "yutu/transfer/wire.hpp"
+
+using namespace yutu::transfer;
+using yutu::task;
+using yutu::test::fill_pattern;
+using yutu::test::fnv1a;
+
+namespace {
+
+std::unique_ptr<engine> make_engine(std::vector<std::string> transports, std::string name = "") {
+  engine_config c;
+  c.transports = std::move(transports);
+  c.local_segment_name = std::move(name);
+  c.threads = 2;
+  c.batch_deadline = std::chrono::milliseconds(5000);
+  auto e = engine::create(c);
+  REQUIRE(e.has_value());
+  return std::move(*e);
+}
+
+struct aligned_buf {
+  std::byte* p;
+  std::size_t n;
+  explicit aligned_buf(std::size_t size) : p(static_cast<std::byte*>(std::aligned_alloc(64, (size + 63) / 64 * 64))), n(size) {}
+  ~aligned_buf() { std::free(p); }
+  std::uint64_t addr(std::size_t off = 0) const { return reinterpret_cast<std::uint64_t>(p + off); }
+};
+
+int count_fds() {
+  int n = 0;
+  if (DIR* d = ::opendir("/proc/self/fd")) {
+    while (::readdir(d)) ++n;
+    ::closedir(d);
+  }
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("registration rejects overlaps, empty ranges and unknown addresses") {
+  auto e = make_engine({"local", "tcp"});
+  aligned_buf b(1 << 16);
+  CHECK(e->register_memory(b.p, b.n));
+  auto r = e->register_memory(b.p + 100, 10);
+  REQUIRE_FALSE(r);
+  CHECK(r.error() == te_errc::address_overlapped);
+  CHECK(e->register_memory(b.p + b.n - 1, 0).error() == te_errc::invalid_argument);
+  CHECK(e->register_memory(b.p, 1, "gpu:7").error() == te_errc::invalid_argument);
+  CHECK(e->unregister_memory(b.p + 1).error() == te_errc::address_not_registered);
+  CHECK(e->unregister_memory(b.p));
+  CHECK(e->register_memory(b.p + 100, 10));  // no longer overlapping anything
+}
+
+TEST_CASE("local transfers to self are bounds-checked memcpy") {
+  auto e = make_engine({"local", "tcp"});
+  aligned_buf target(1 << 20), src(1 << 20);
+  REQUIRE(e->register_memory(target.p, target.n));
+  fill_pattern(src.p, src.n, 3);
+  auto seg = yutu::sync_wait(e->open_segment(e->segment_name()));
+  REQUIRE(seg);
+  CHECK(yutu::sync_wait(e->write(*seg, src.p + 1, target.addr(3), 1000)));
+  CHECK(std::memcmp(target.p + 3, src.p + 1, 1000) == 0);
+  // One byte past the end of the registered buffer.
+  auto bad = yutu::sync_wait(e->write(*seg, src.p, target.addr(target.n - 10), 11));
+  REQUIRE_FALSE(bad);
+  CHECK(bad.error() == te_errc::address_not_registered);
+  CHECK(e->counters("local").requests.load() == 1);
+}
+
+TEST_CASE("two engines over tcp: every opcode, unaligned sizes and addresses, data verified") {
+  auto target = make_engine({"tcp"}, "target-a");
+  auto init = make_engine({"tcp"}, "init-a");
+  const std::size_t n = 8 << 20;
+  aligned_buf tb(n), src(n), dst(n);
+  REQUIRE(target->register_memory(tb.p, tb.n));
+  auto seg = yutu::sync_wait(init->open_segment("target-a"));
+  REQUIRE(seg);
+  for (std::size_t len : {std::size_t(1), std::size_t(7), std::size_t(4095), std::size_t(4099), std::size_t(65537),
+                          std::size_t(1 << 20) + 5, std::size_t(3 << 20) + 3}) {
+    CAPTURE(len);
+    std::size_t off = 13, soff = 5;
+    fill_pattern(src.p + soff, len, static_cast<unsigned>(len));
+    auto w = yutu::sync_wait(init->write(*seg, src.p + soff, tb.addr(off), len));
+    REQUIRE(w);
+    CHECK(fnv1a(tb.p + off, len) == fnv1a(src.p + soff, len));
+    std::memset(dst.p, 0, len + 16);
+    auto r = yutu::sync_wait(init->read(*seg, dst.p + 3, tb.addr(off), len));
+    REQUIRE(r);
+    CHECK(fnv1a(dst.p + 3, len) == fnv1a(src.p + soff, len));
+  }
+  CHECK(init->counters("tcp").failures.load() == 0);
+}
+
+TEST_CASE("thousands of concurrent requests in one batch") {
+  auto target = make_engine({"tcp"}, "target-b");
+  auto init = make_engine({"tcp"}, "init-b");
+  const std::size_t count = 4000, each = 1000;
+  aligned_buf tb(count * each + 64), src(count * each + 64), dst(count * each + 64);
+  REQUIRE(target->register_memory(tb.p, tb.n));
+  auto seg = yutu::sync_wait(init->open_segment("target-b"));
+  REQUIRE(seg);
+  fill_pattern(src.p, src.n, 9);
+  std::vector<transfer_request> batch;
+  for (std::size_t i = 0; i < count; ++i)
+    batch.push_back({opcode::write, src.p + i * each + 1, *seg, tb.addr(i * each + 3), each - (i % 7)});
+  auto res = yutu::sync_wait(init->transfer(batch));
+  REQUIRE(res.errors.size() == count);
+  CHECK(res.ok());
+  for (std::size_t i = 0; i < count; i += 97)
+    CHECK(std::memcmp(tb.p + i * each + 3, src.p + i * each + 1, each - (i % 7)) == 0);
+  for (auto& r : batch) {
+    r.op = opcode::read;
+    r.source = dst.p + (static_cast<std::byte*>(r.source) - src.p);
+  }
+  res = yutu::sync_wait(init->transfer(batch));
+  CHECK(res.ok());
+  for (std::size_t i = 0; i < count; i += 89)
+    CHECK(std::memcmp(dst.p + i * each + 1, src.p + i * each + 1, each - (i % 7)) == 0);
+}
+
+TEST_CASE("requests outside registered memory fail typed and do not disturb the rest of the batch") {
+  auto target = make_engine({"tcp"}, "target-c");
+  auto init = make_engine({"tcp"}, "init-c");
+  aligned_buf tb(1 << 16), other(1 << 16), src(1 << 16);
+  REQUIRE(target->register_memory(tb.p, tb.n));
+  REQUIRE(target->register_memory(other.p, other.n, "cpu:0", /*remote_accessible=*/false));
+  auto seg = yutu::sync_wait(init->open_segment("target-c"));
+  REQUIRE(seg);
+  fill_pattern(src.p, src.n, 5);
+  std::vector<transfer_request> batch{
+      {opcode::write, src.p, *seg, tb.addr(0), 100},
+      {opcode::write, src.p, *seg, tb.addr(tb.n - 50), 100},  // crosses the end
+      {opcode::read, src.p, *seg, other.addr(0), 100},        // registered, not remotely accessible
+      {opcode::write, src.p, *seg, 8, 100},                   // never registered
+      {opcode::read, src.p + 200, *seg, tb.addr(0), 100},
+  };
+  auto res = yutu::sync_wait(init->transfer(batch));
+  CHECK_FALSE(res.errors[0]);
+  CHECK(res.errors[1] == te_errc::address_not_registered);
+  CHECK(res.errors[2] == te_errc::address_not_registered);
+  CHECK(res.errors[3] == te_errc::address_not_registered);
+  CHECK_FALSE(res.errors[4]);
+  CHECK(std::memcmp(src.p + 200, src.p, 100) == 0);
+}
+
+TEST_CASE("an unknown segment and a dead peer fail typed within the deadline") {
+  auto init = make_engine({"tcp"}, "init-d");
+  auto missing = yutu::sync_wait(init->open_segment("nobody-here"));
+  REQUIRE_FALSE(missing);
+  CHECK(missing.error() == yutu::errc::segment_not_found);
+
+  auto target = make_engine({"tcp"}, "target-d");
+  aligned_buf tb(4096), src(4096);
+  REQUIRE(target->register_memory(tb.p, tb.n));
+  auto seg = yutu::sync_wait(init->open_segment("target-d"));
+  REQUIRE(seg);
+  REQUIRE(yutu::sync_wait(init->write(*seg, src.p, tb.addr(), 64)));
+  target.reset();  // the peer goes away
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = yutu::sync_wait(init->write(*seg, src.p, tb.addr(), 64));
+  REQUIRE_FALSE(r);
+  CHECK((r.error() == te_errc::peer_unreachable || r.error() == te_errc::stale_segment));
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(6));
+}
+
+TEST_CASE("notifications reach the target after the batch") {
+  auto target = make_engine({"tcp"}, "target-e");
+  auto init = make_engine({"tcp"}, "init-e");
+  aligned_buf tb(4096), src(4096);
+  REQUIRE(target->register_memory(tb.p, tb.n));
+  auto seg = yutu::sync_wait(init->open_segment("target-e"));
+  REQUIRE(seg);
+  std::vector<transfer_request> batch{{opcode::write, src.p, *seg, tb.addr(), 128}};
+  auto res = yutu::sync_wait(init->transfer(batch, batch_options{.deadline = {}, .notify = "layer 0 done"}));
+  REQUIRE(res.ok());
+  auto n = yutu::sync_wait(target->next_notification());
+  REQUIRE(n);
+  CHECK(n->from == "init-e");
+  CHECK(n->message == "layer 0 done");
+  CHECK(yutu::sync_wait(init->notify(*seg, "second")));
+  auto n2 = yutu::sync_wait(target->next_notification());
+  REQUIRE(n2);
+  CHECK(n2->message == "second");
+}
+
+TEST_CASE("submit, poll and free a batch from a plain thread") {
+  auto target = make_engine({"tcp"}, "target-f");
+  auto init = make_engine({"tcp"}, "init-f");
+  aligned_buf tb(1 << 20), src(1 << 20);
+  REQUIRE(target->register_memory(tb.p, tb.n));
+  auto seg = yutu::sync_wait(init->open_segment("target-f"));
+  REQUIRE(seg);
+  fill_pattern(src.p, src.n, 11);
+  std::vector<transfer_request> batch{{opcode::write, src.p, *seg, tb.addr(), 1 << 20},
+                                      {opcode::write, src.p, *seg, 16, 1}};
+  auto id = init->submit(batch);
+  REQUIRE(id);
+  auto res = init->wait(*id);
+  REQUIRE(res);
+  CHECK(init->status(*id, 0).value() == transfer_status::completed);
+  CHECK(init->status(*id, 1).value() == transfer_status::failed);
+  CHECK(init->status(*id, 2).error() == te_errc::invalid_argument);
+  CHECK(init->free_batch(*id));
+  CHECK(init->free_batch(*id).error() == te_errc::invalid_argument);
+  CHECK(std::memcmp(tb.p, src.p, 1 << 20) == 0);
+}
+
+TEST_CASE("a batch past its deadline fails with timed_out, promptly") {
+  auto target = make_engine({"tcp"}, "target-g");
+  auto init = make_engine({"tcp"}, "init-g");
+  const std::size_t n = 256 << 20;
+  aligned_buf tb(n), src(n);
+  REQUIRE(target->register_memory(tb.p, tb.n));
+  auto seg = yutu::sync_wait(init->open_segment("target-g"));
+  REQUIRE(seg);
+  std::vector<transfer_request> batch;
+  for (int i = 0; i < 8; ++i) batch.push_back({opcode::write, src.p, *seg, tb.addr(), n});
+  auto t0 = std::chrono::steady_clock::now();
+  auto res = yutu::sync_wait(init->transfer(batch, batch_options{.deadline = std::chrono::milliseconds(20)}));
+  auto took = std::chrono::steady_clock::now() - t0;
+  CHECK(took < std::chrono::seconds(3));
+  bool any_timeout = false;
+  for (auto& e : res.errors) any_timeout |= yutu::is_timeout(e);
+  CHECK(any_timeout);
+  // The engine is still usable afterwards.
+  CHECK(yutu::sync_wait(init->write(*seg, src.p, tb.addr(), 4096)));
+}
+
+TEST_CASE("hostile frames close only their own connection") {
+  auto target = make_engine({"tcp"}, "target-h");
+  auto init = make_engine({"tcp"}, "init-h");
+  aligned_buf tb(4096), src(4096);
+  REQUIRE(target->register_memory(tb.p, tb.n));
+  auto seg = yutu::sync_wait(init->open_segment("target-h"));
+  REQUIRE(seg);
+  REQUIRE(yutu::sync_wait(init->write(*seg, src.p, tb.addr(), 64)));
+
+  yutu::io::reactor r;
+  auto attack = [](std::uint16_t port, std::vector<std::byte> junk) -> task<bool> {
+    auto s = co_await yutu::io::tcp_stream::connect(yutu::io::address::ipv4_loopback(port));
+    if (!s) co_return false;
+    if (!co_await s->send_all(junk)) co_return false;
+    std::byte b[64];
+    auto n = co_await s->recv(b).with_timeout(std::chrono::seconds(3));
+    co_return n.has_value() && *n == 0;  // the server closed on us
+  };
+  std::vector<std::byte> garbage(100, std::byte{0x41});
+  CHECK(r.block_on(attack(target->port(), garbage)));
+  wire::header h;
+  h.type = wire::frame_type::write;
+  h.addr = tb.addr();
+  h.length = 1ull << 40;  // larger than any slice a target accepts
+  auto hb = wire::encode(h);
+  CHECK(r.block_on(attack(target->port(), std::vector<std::byte>(hb.begin(), hb.end()))));
+  h.type = wire::frame_type::write_ack;  // a response type sent by a client
+  h.length = 0;
+  hb = wire::encode(h);
+  CHECK(r.block_on(attack(target->port(), std::vector<std::byte>(hb.begin(), hb.end()))));
+  // The legitimate client is unaffected.
+  CHECK(yutu::sync_wait(init->write(*seg, src.p, tb.addr(), 64)));
+}
+
+TEST_CASE("100k short transfers reuse pooled connections: no port or fd exhaustion") {
+  auto target = make_engine({"tcp"}, "target-i");
+  auto init = make_engine({"tcp"}, "init-i");
+  aligned_buf tb(4096), src(4096);
+  REQUIRE(target->register_memory(tb.p, tb.n));
+  auto seg = yutu::sync_wait(init->open_segment("target-i"));
+  REQUIRE(seg);
+  REQUIRE(yutu::sync_wait(init->write(*seg, src.p, tb.addr(), 8)));
+  int fds_before = count_fds();
+  std::vector<transfer_request> batch;
+  for (int i = 0; i < 1000; ++i) batch.push_back({opcode::write, src.p + (i % 64), *seg, tb.addr(i % 128), 16});
+  for (int round = 0; round < 100; ++round) {
+    auto res = yutu::sync_wait(init->transfer(batch));
+    REQUIRE(res.ok());
+  }
+  CHECK(count_fds() <= fds_before);
+  CHECK(init->counters("tcp").requests.load() >= 100'000);
+}
+
+TEST_CASE("config from JSON and YUTU_* variables; bad values are errors") {
+  auto c = engine_config::from_json(R"({"threads": 3, "transports": ["shm","tcp"], "batch_deadline_ms": 1500})");
+  REQUIRE(c);
+  CHECK(c->threads == 3);
+  CHECK(c->transports == std::vector<std::string>{"shm", "tcp"});
+  CHECK(c->batch_deadline == std::chrono::milliseconds(1500));
+  CHECK_FALSE(engine_config::from_json(R"({"transports": ["carrier-pigeon"]})"));
+  CHECK_FALSE(engine_config::from_json("not json"));
+  ::setenv("YUTU_THREADS", "4", 1);
+  ::setenv("YUTU_TRANSPORTS", "tcp", 1);
+  CHECK(c->apply_env());
+  CHECK(c->threads == 4);
+  CHECK(c->transports == std::vector<std::string>{"tcp"});
+  ::setenv("YUTU_THREADS", "four", 1);
+  CHECK_FALSE(c->apply_env());
+  ::unsetenv("YUTU_THREADS");
+  ::unsetenv("YUTU_TRANSPORTS");
+}
+
+TEST_CASE("wire decoder rejects bad magic, versions, types and sizes") {
+  wire::header h;
+  h.type = wire::frame_type::read;
+  h.length = 100;
+  auto b = wire::encode(h);
+  REQUIRE(wire::decode(b, 1 << 20));
+  auto bad = b;
+  bad[0] = std::byte{0};
+  CHECK(wire::decode(bad, 1 << 20).error() == yutu::errc::protocol_error);
+  bad = b;
+  bad[4] = std::byte{9};
+  CHECK(wire::decode(bad, 1 << 20).error() == yutu::errc::invalid_version);
+  bad = b;
+  bad[5] = std::byte{77};
+  CHECK_FALSE(wire::decode(bad, 1 << 20));
+  h.length = (1 << 20) + 1;
+  CHECK_FALSE(wire::decode(wire::encode(h), 1 << 20));
+  h.type = wire::frame_type::desc_req;
+  h.length = 1;
+  CHECK_FALSE(wire::decode(wire::encode(h), 1 << 20));
+  h.type = wire::frame_type::write;
+  h.addr = ~0ull - 10;
+  h.length = 100;
+  CHECK_FALSE(wire::decode(wire::encode(h), 1 << 20));
+}
+
+TEST_CASE("segment descriptors round-trip through JSON and reject garbage") {
+  segment_desc d;
+  d.name = "x";
+  d.incarnation = 42;
+  d.transports = {"tcp"};
+  d.buffers.push_back({4096, 100, "cpu:0", -1, 0, 0});
+  d.buffers.push_back({1024, 10, "cpu:1", 5, 0, 4096});
+  auto back = segment_desc::from_json(d.to_json());
+  REQUIRE(back);
+  CHECK(back->buffers.size() == 2);
+  CHECK(back->buffers[0].addr == 1024);  // sorted
+  CHECK(back->find(4096 + 50, 50) != nullptr);
+  CHECK(back->find(4096 + 50, 51) == nullptr);
+  CHECK(back->find(1024 + 10, 0) != nullptr);
+  CHECK_FALSE(segment_desc::from_json("{}"));
+  CHECK_FALSE(segment_desc::from_json("[1,2]"));
+  CHECK_FALSE(segment_desc::from_json(R"({"name":"x","incarnation":1,"buffers":[{"addr":18446744073709551615,"length":2}]})"));
+}
