@@ -5,6 +5,7 @@
 #include <netinet/tcp.h>
 
 #include <cerrno>
+#include <cstring>
 
 namespace yutu::io {
 
@@ -31,8 +32,47 @@ connect_op::connect_op(const address& to) noexcept : to_(to) {
   if (fd_ < 0) socket_error_ = errno;
 }
 
+namespace {
+// Whether `a` is an address of this host's loopback device: 127/8, ::1, or ::ffff:127/104.
+bool is_loopback(const address& a) noexcept {
+  if (a.family() == AF_INET) {
+    auto ip = ntohl(reinterpret_cast<const sockaddr_in*>(a.data())->sin_addr.s_addr);
+    return (ip >> 24) == 127;
+  }
+  if (a.family() == AF_INET6) {
+    const in6_addr& ip = reinterpret_cast<const sockaddr_in6*>(a.data())->sin6_addr;
+    if (IN6_IS_ADDR_LOOPBACK(&ip)) return true;
+    return IN6_IS_ADDR_V4MAPPED(&ip) && ip.s6_addr[12] == 127;
+  }
+  return a.family() == AF_UNIX;
+}
+
+bool same_host(const address& a, const address& b) noexcept {
+  if (a.family() != b.family()) return false;
+  if (a.family() == AF_INET)
+    return reinterpret_cast<const sockaddr_in*>(a.data())->sin_addr.s_addr ==
+           reinterpret_cast<const sockaddr_in*>(b.data())->sin_addr.s_addr;
+  if (a.family() == AF_INET6)
+    return std::memcmp(&reinterpret_cast<const sockaddr_in6*>(a.data())->sin6_addr,
+                       &reinterpret_cast<const sockaddr_in6*>(b.data())->sin6_addr, sizeof(in6_addr)) == 0;
+  return false;
+}
+}  // namespace
+
+bool tcp_stream::zero_copy_pays() noexcept {
+  if (zc_ == zc_policy::never) return false;
+  if (zc_ == zc_policy::always) return true;
+  if (route_ == route::unknown) {
+    // A peer on this host goes through the loopback device whatever its address (ours included).
+    address peer = peer_address();
+    route_ = (is_loopback(peer) || same_host(peer, local_address())) ? route::local : route::remote;
+  }
+  return route_ == route::remote;
+}
+
 task<result<void>> tcp_stream::send_all(std::span<const std::byte> buf) {
-  const bool zc = reactor::current() && reactor::current()->features().send_zc;
+  const bool zc = buf.size() >= zc_threshold && reactor::current() &&
+                  reactor::current()->features().send_zc && zero_copy_pays();
   bool zc_refused = false;
   while (!buf.empty()) {
     result<std::size_t> n;
@@ -41,6 +81,7 @@ task<result<void>> tcp_stream::send_all(std::span<const std::byte> buf) {
       // A socket type or device without zero-copy support answers EOPNOTSUPP: stop asking.
       if (!n && n.error() == std::errc::operation_not_supported) {
         zc_refused = true;
+        zc_ = zc_policy::never;
         continue;
       }
     } else {

@@ -161,17 +161,32 @@ class accept_op : public uring_op<accept_op> {
 // every operation awaited on it.
 class tcp_stream {
  public:
-  // Chunks at least this large go out with SEND_ZC in send_all. Measured on loopback (kernel 6.18,
-  // bench/socket_zc_bench): see the comment at the definition in src/io/socket.cpp.
+  // Chunks at least this large go out with SEND_ZC in send_all, to a peer that is not on this host.
+  //
+  // Measured with bench/socket_zc_bench (kernel 6.18, loopback, one op in flight as send_all issues
+  // them, best of 5): SEND_ZC/send throughput was 0.21 at 4 KiB, 0.48 at 16 KiB, 0.73 at 32 KiB,
+  // 0.42-0.93 at 64 KiB, 0.49-1.21 at 256 KiB, 0.79 at 1 MiB, 0.68 at 4 MiB. On loopback zero copy
+  // never pays: the receiving socket copies the pages anyway (skb_orphan_frags_rx) and the sender also
+  // waits for the notification. So send_all's automatic policy never uses it towards a local peer,
+  // and for remote peers keeps the threshold at 64 KiB, above the ~10 KiB where the kernel's
+  // MSG_ZEROCOPY documentation finds page pinning starts to beat copying on a real NIC, and at the
+  // size where the loopback penalty (the fixed notification cost) had mostly faded.
   static constexpr std::size_t zc_threshold = 64 * 1024;
+
+  // When send_all uses SEND_ZC: automatic (large chunks to a remote peer), always (large chunks to
+  // any peer), never.
+  enum class zc_policy : std::uint8_t { automatic, always, never };
 
   tcp_stream() noexcept = default;
   explicit tcp_stream(int fd) noexcept : fd_(fd) {}
-  tcp_stream(tcp_stream&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  tcp_stream(tcp_stream&& o) noexcept
+      : fd_(std::exchange(o.fd_, -1)), zc_(o.zc_), route_(std::exchange(o.route_, route::unknown)) {}
   tcp_stream& operator=(tcp_stream&& o) noexcept {
     if (this != &o) {
       close();
       fd_ = std::exchange(o.fd_, -1);
+      zc_ = o.zc_;
+      route_ = std::exchange(o.route_, route::unknown);
     }
     return *this;
   }
@@ -207,9 +222,15 @@ class tcp_stream {
   result<void> set_recv_buffer_size(int bytes) noexcept;
   // SO_LINGER; (true, 0) makes close() send RST instead of FIN and skip TIME_WAIT.
   result<void> set_linger(bool on, int seconds) noexcept;
+  void set_zero_copy(zc_policy p) noexcept { zc_ = p; }
 
  private:
+  enum class route : std::uint8_t { unknown, local, remote };
+  bool zero_copy_pays() noexcept;
+
   int fd_ = -1;
+  zc_policy zc_ = zc_policy::automatic;
+  route route_ = route::unknown;  // whether the peer is on this host, learnt on the first send_all
 };
 
 // A listening TCP socket (SO_REUSEADDR). Move-only; closes its fd.
