@@ -7,6 +7,7 @@
 #   the consumer example (examples/consumer) built through its wrap file, and run
 #   meson install --destdir, then a program built against the installed yutu.pc (g++ and clang++)
 #   each fuzz target for a bounded time over its seed corpus
+#   the error tables of docs/troubleshooting.md against include/yutu/error.hpp
 #
 # Build folders are reused between runs. It keeps going after a failure, prints one line per check,
 # and ends with a summary line "N passed, N failed[, N skipped]"; the exit status is non-zero if
@@ -187,6 +188,14 @@ for exe in "${fuzzers[@]}"; do
 done
 if ((${#fuzzers[@]} == 0)); then
   note_fail "fuzz: no targets built in build/test-clang/fuzz"
+fi
+
+# --- documentation generated from the sources ---
+echo "=== docs"
+if python3 scripts/error_table.py --check docs/troubleshooting.md; then
+  note_pass "docs/troubleshooting.md error tables match include/yutu/error.hpp"
+else
+  note_fail "docs/troubleshooting.md error tables match include/yutu/error.hpp"
 fi
 
 echo "=== summary ($((SECONDS - t_start)) s)"
