@@ -39,8 +39,10 @@ namespace detail {
 inline thread_local executor* tls_current_executor = nullptr;
 }
 
-// The executor driving the calling thread, or nullptr on a plain thread.
-inline executor* current_executor() noexcept { return detail::tls_current_executor; }
+// The executor driving the calling thread, or nullptr on a plain thread. Never inlined: clang 16
+// caches a thread_local's address across a coroutine's suspension points, so an inlined read after
+// resuming on another thread would see the old thread's executor.
+[[gnu::noinline]] inline executor* current_executor() noexcept { return detail::tls_current_executor; }
 
 // Installs `e` as the calling thread's executor for the lifetime of the guard.
 class executor_scope {

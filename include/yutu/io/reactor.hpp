@@ -69,7 +69,10 @@ class reactor final : public coro::executor {
   reactor& operator=(const reactor&) = delete;
 
   // The reactor bound to the calling thread, or nullptr.
-  static reactor* current() noexcept { return tls_current_; }
+  // Never inlined: clang 16 computes a thread_local's address once per coroutine body, so after a
+  // hop to another thread an inlined read would return the old thread's reactor
+  // (test/io/reactor_pool_test catches it).
+  [[gnu::noinline]] static reactor* current() noexcept { return tls_current_; }
 
   // --- driving the loop (owner thread) ---
   // Runs until stop() is called.
@@ -86,7 +89,7 @@ class reactor final : public coro::executor {
   // --- any thread ---
   void stop() noexcept;
   void post(coro::work_item* w) noexcept override;
-  bool running_in_this_thread() const noexcept override { return tls_current_ == this; }
+  [[gnu::noinline]] bool running_in_this_thread() const noexcept override { return tls_current_ == this; }
 
   // An awaitable that resumes the awaiting coroutine on this reactor's thread.
   auto schedule() noexcept;
