@@ -9,10 +9,11 @@ cd "$root"
 bash scripts/deps.sh
 
 dir=build/release
+opts=(-Dbuildtype=release -Dtests=disabled)  # the tests are scripts/test.sh's job
 if [[ -f "$dir/meson-private/coredata.dat" ]]; then
-  meson configure "$dir" -Dbuildtype=release >/dev/null
+  meson configure "$dir" "${opts[@]}" >/dev/null
 else
-  meson setup "$dir" -Dbuildtype=release >/dev/null
+  meson setup "$dir" "${opts[@]}" >/dev/null
 fi
 ninja -C "$dir" -j "$(nproc)"
 
