@@ -208,6 +208,8 @@ bool reactor::run_ready() noexcept {
 }
 
 bool reactor::take_remote() noexcept {
+  // Every turn comes here; a plain load keeps the common empty case off the locked exchange.
+  if (remote_.empty()) return false;
   coro::work_item* w = remote_.take_all();
   if (!w) return false;
   while (w) {

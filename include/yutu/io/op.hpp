@@ -83,8 +83,11 @@ class uring_op : private io_completion {
       return false;
     }
     waiter_ = h;
-    r_->reserve_sqes(has_timeout_ ? 2 : 1);
-    io_uring_sqe* sqe = r_->get_sqe();
+    // The hot path: a free SQE straight from the ring; reactor::get_sqe (out of line) flushes a full
+    // SQ. Only a linked pair needs both slots guaranteed without a flush between them.
+    if (has_timeout_) r_->reserve_sqes(2);
+    io_uring_sqe* sqe = io_uring_get_sqe(r_->ring());
+    if (!sqe) sqe = r_->get_sqe();
     static_cast<Derived*>(this)->prepare(sqe);
     io_uring_sqe_set_data(sqe, static_cast<io_completion*>(this));
     pending_ = 1;
