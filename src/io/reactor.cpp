@@ -94,18 +94,26 @@ void reactor::bind_to_this_thread() {
       throw std::logic_error("yutu::io::reactor driven from a thread other than its owner");
     return;
   }
-  if (tls_current_ && tls_current_ != this)
-    throw std::logic_error("yutu::io::reactor: this thread already drives another reactor");
   owner_ = std::this_thread::get_id();
   bound_ = true;
-  tls_current_ = this;
-  coro::detail::tls_current_executor = this;
   if (disabled_) {
     // Debian's liburing 2.3 declares io_uring_enable_rings but does not export it: call the kernel.
     long rc = ::syscall(__NR_io_uring_register, ring_.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0);
     if (rc < 0) throw std::system_error(errno, std::system_category(), "IORING_REGISTER_ENABLE_RINGS");
     disabled_ = false;
   }
+}
+
+reactor::drive_scope::drive_scope(reactor* r)
+    : prev_reactor_(tls_current_), prev_executor_(coro::detail::tls_current_executor) {
+  r->bind_to_this_thread();
+  tls_current_ = r;
+  coro::detail::tls_current_executor = r;
+}
+
+reactor::drive_scope::~drive_scope() {
+  tls_current_ = prev_reactor_;
+  coro::detail::tls_current_executor = prev_executor_;
 }
 
 io_uring_sqe* reactor::get_sqe() noexcept {
@@ -261,7 +269,7 @@ bool reactor::idle() const noexcept {
 }
 
 bool reactor::run_once(bool may_block) {
-  bind_to_this_thread();
+  drive_scope scope(this);
   ++stats_.turns;
   bool did = run_ready();
   did |= take_remote();
@@ -295,7 +303,7 @@ bool reactor::run_once(bool may_block) {
 }
 
 void reactor::run() {
-  bind_to_this_thread();
+  drive_scope scope(this);
   while (!stop_requested_.load(std::memory_order_acquire)) run_once(true);
   stop_requested_.store(false, std::memory_order_relaxed);
   // Run what became ready during the last turn so no posted work is silently dropped.
@@ -303,7 +311,7 @@ void reactor::run() {
 }
 
 void reactor::run_until_empty() {
-  bind_to_this_thread();
+  drive_scope scope(this);
   while (!idle() || ready_head_) run_once(true);
 }
 

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <random>
 #include <set>
+#include <thread>
 #include <unordered_map>
 
 #include <fmt/ranges.h>
@@ -677,6 +678,12 @@ result<std::unique_ptr<engine>> engine::create(engine_config cfg) {
   auto addr = io::address::parse(c.listen_host + ":" + std::to_string(c.listen_port));
   if (!addr) return fail(te_errc::invalid_argument);
   auto l = io::tcp_listener::bind(*addr);
+  // A process restarted on its old port can find it still taken for a moment: the previous
+  // process's ring is torn down asynchronously by the kernel and holds the listener until then.
+  for (int tries = 0; !l && c.listen_port != 0 && l.error() == std::errc::address_in_use && tries < 60; ++tries) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    l = io::tcp_listener::bind(*addr);
+  }
   if (!l) {
     log::error("engine: cannot listen on {}: {}", addr->to_string(), l.error().message());
     return fail(l.error());
@@ -929,14 +936,16 @@ task<batch_result> engine::transfer(std::span<const transfer_request> batch, bat
 task<result<void>> engine::write(segment_id seg, const void* source, std::uint64_t target_offset,
                                  std::uint64_t length) {
   transfer_request r{opcode::write, const_cast<void*>(source), seg, target_offset, length};
-  auto res = co_await transfer(std::span(&r, 1));
+  batch_options opts;  // named: g++ 12 destroys a defaulted non-trivial coroutine argument twice
+  auto res = co_await transfer(std::span(&r, 1), std::move(opts));
   if (auto ec = res.first_error()) co_return fail(ec);
   co_return ok();
 }
 
 task<result<void>> engine::read(segment_id seg, void* dest, std::uint64_t target_offset, std::uint64_t length) {
   transfer_request r{opcode::read, dest, seg, target_offset, length};
-  auto res = co_await transfer(std::span(&r, 1));
+  batch_options opts;  // named: see write()
+  auto res = co_await transfer(std::span(&r, 1), std::move(opts));
   if (auto ec = res.first_error()) co_return fail(ec);
   co_return ok();
 }

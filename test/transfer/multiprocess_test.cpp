@@ -15,6 +15,7 @@
 #include "yutu/transfer/engine.hpp"
 
 using namespace yutu::transfer;
+using yutu::te_errc;
 using yutu::test::child_peer;
 using yutu::test::fill_pattern;
 using yutu::test::fnv1a;

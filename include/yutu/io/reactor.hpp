@@ -68,7 +68,9 @@ class reactor final : public coro::executor {
   reactor(const reactor&) = delete;
   reactor& operator=(const reactor&) = delete;
 
-  // The reactor bound to the calling thread, or nullptr.
+  // The reactor the calling thread is driving right now (inside run, run_once, run_until_empty or
+  // block_on), or nullptr. Driving is scoped: after block_on returns, the thread is a plain thread
+  // again, so a coroutine resumed there later is not mistaken for one on the reactor.
   // Never inlined: clang 16 computes a thread_local's address once per coroutine body, so after a
   // hop to another thread an inlined read would return the old thread's reactor
   // (test/io/reactor_pool_test catches it).
@@ -121,7 +123,20 @@ class reactor final : public coro::executor {
   const stats& statistics() const noexcept { return stats_; }
 
  private:
+  // Makes the calling thread the ring's only issuer (first call) or checks that it is.
   void bind_to_this_thread();
+  // Installs this reactor as the thread's current reactor and executor while it is driven.
+  class drive_scope {
+   public:
+    explicit drive_scope(reactor* r);
+    ~drive_scope();
+    drive_scope(const drive_scope&) = delete;
+    drive_scope& operator=(const drive_scope&) = delete;
+
+   private:
+    reactor* prev_reactor_;
+    coro::executor* prev_executor_;
+  };
   void arm_wakeup() noexcept;
   bool run_ready() noexcept;
   bool take_remote() noexcept;
@@ -174,7 +189,7 @@ inline auto reactor::schedule() noexcept {
 
 template <class T>
 T reactor::block_on(task<T> t) {
-  bind_to_this_thread();
+  drive_scope scope(this);
   struct driver {
     struct promise_type {
       bool done = false;
