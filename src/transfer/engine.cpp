@@ -910,7 +910,10 @@ task<batch_result> engine::transfer(std::span<const transfer_request> batch, bat
     co_return out;
   }
   coro::executor* caller = coro::current_executor();
-  if (!p.on_engine_thread()) co_await p.pool->at(p.pick_reactor()).schedule();
+  // A caller on any reactor (the engine's or its own) runs the batch where it is: local and shm
+  // copies then cost no thread hop at all, and tcp slices hop only to their connection's reactor. A
+  // plain thread has no reactor for the deadline timer, so it borrows one of the engine's.
+  if (!io::reactor::current()) co_await p.pool->at(p.pick_reactor()).schedule();
   auto deadline = opts.deadline.value_or(p.cfg.batch_deadline);
   auto r = co_await io::with_timeout(p.run_batch(batch, out.errors), deadline);
   if (!r && is_timeout(r.error())) {
@@ -936,16 +939,14 @@ task<batch_result> engine::transfer(std::span<const transfer_request> batch, bat
 task<result<void>> engine::write(segment_id seg, const void* source, std::uint64_t target_offset,
                                  std::uint64_t length) {
   transfer_request r{opcode::write, const_cast<void*>(source), seg, target_offset, length};
-  batch_options opts;  // named: g++ 12 destroys a defaulted non-trivial coroutine argument twice
-  auto res = co_await transfer(std::span(&r, 1), std::move(opts));
+  auto res = co_await transfer(std::span(&r, 1));
   if (auto ec = res.first_error()) co_return fail(ec);
   co_return ok();
 }
 
 task<result<void>> engine::read(segment_id seg, void* dest, std::uint64_t target_offset, std::uint64_t length) {
   transfer_request r{opcode::read, dest, seg, target_offset, length};
-  batch_options opts;  // named: see write()
-  auto res = co_await transfer(std::span(&r, 1), std::move(opts));
+  auto res = co_await transfer(std::span(&r, 1));
   if (auto ec = res.first_error()) co_return fail(ec);
   co_return ok();
 }

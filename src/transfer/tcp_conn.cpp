@@ -38,7 +38,9 @@ task<result<void>> recv_all(io::tcp_stream& s, std::span<std::byte> buf) {
   while (got < buf.size()) {
     // Not cancellable by the caller's token: a half-received frame would desynchronise the stream.
     // Connections are ended by shutdown() instead.
-    auto r = co_await s.recv(buf.subspan(got)).with_stop_token(std::stop_token{});
+    // MSG_WAITALL: the kernel keeps receiving until the span is full, so a 1 MiB slice costs one
+    // completion instead of one per socket-buffer's worth.
+    auto r = co_await io::recv_op(s.fd(), buf.subspan(got), MSG_WAITALL).with_stop_token(std::stop_token{});
     if (!r) co_return fail(r.error());
     if (*r == 0) co_return fail(errc::closed);
     got += *r;

@@ -33,7 +33,8 @@ class sendmsg_op : public io::uring_op<sendmsg_op> {
  public:
   sendmsg_op(int fd, const msghdr* m) noexcept : fd_(fd), msg_(m) {}
   sendmsg_op(sendmsg_op&& o) noexcept : io::uring_op<sendmsg_op>(std::move(o)), fd_(o.fd_), msg_(o.msg_) {}
-  void prepare(io_uring_sqe* sqe) noexcept { io_uring_prep_sendmsg(sqe, fd_, msg_, MSG_NOSIGNAL); }
+  // MSG_WAITALL: io_uring retries short sends itself, one completion per frame.
+  void prepare(io_uring_sqe* sqe) noexcept { io_uring_prep_sendmsg(sqe, fd_, msg_, MSG_NOSIGNAL | MSG_WAITALL); }
   result<std::size_t> await_resume() const noexcept {
     if (auto ec = error()) return fail(ec);
     return static_cast<std::size_t>(res_);

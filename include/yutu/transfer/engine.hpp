@@ -94,7 +94,9 @@ class engine {
   result<segment_desc> segment_descriptor(segment_id id) const;
 
   // --- transfers ---
-  task<batch_result> transfer(std::span<const transfer_request> batch, batch_options opts = {});
+  task<batch_result> transfer(std::span<const transfer_request> batch, batch_options opts);
+  // Not a defaulted argument: g++ 12 destroys a defaulted class-type argument of a coroutine twice.
+  task<batch_result> transfer(std::span<const transfer_request> batch) { return transfer(batch, batch_options{}); }
   task<result<void>> write(segment_id seg, const void* source, std::uint64_t target_offset, std::uint64_t length);
   task<result<void>> read(segment_id seg, void* dest, std::uint64_t target_offset, std::uint64_t length);
 
