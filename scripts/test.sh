@@ -2,7 +2,7 @@
 # Every check yutu has, from a fresh Debian 12 (it installs what is missing first); .ci/run calls this.
 #
 #   build/test-gcc    g++, debugoptimized, -Werror: all tests, examples, benchmarks built
-#   build/test-asan   g++ with ASan+UBSan (leak checks on): all tests
+#   build/test-asan   g++ with ASan+UBSan (leak checks on; no -Werror): all tests
 #   build/test-clang  clang++-16, -Werror, libFuzzer targets: all tests
 #   the consumer example (examples/consumer) built through its wrap file, and run
 #   meson install --destdir, then a program built against the installed yutu.pc (g++ and clang++)
@@ -109,9 +109,11 @@ mtest_args=()
 build_and_test test-gcc -Dbuildtype=debugoptimized "${common[@]}"
 
 mtest_args=(--timeout-multiplier 3)
+# Without -Werror: GCC's manual advises against combining it with sanitizers, whose instrumentation
+# yields false -Wmaybe-uninitialized (seen inside Boost.Beast). test-gcc and test-clang keep -Werror.
 ASAN_OPTIONS=halt_on_error=1:print_stacktrace=1:detect_leaks=1 \
 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  build_and_test test-asan -Dbuildtype=debugoptimized "${common[@]}" \
+  build_and_test test-asan -Dbuildtype=debugoptimized -Dwerror=false -Dtests=enabled \
   -Db_sanitize=address,undefined -Db_lundef=false -Dbenchmarks=disabled
 
 mtest_args=()
