@@ -30,16 +30,26 @@ failures=()
 note_pass() { passed=$((passed + 1)); echo "test.sh: PASS $1"; }
 note_fail() { failed=$((failed + 1)); failures+=("$1"); echo "test.sh: FAIL $1"; }
 
+# quiet CMD...: runs CMD, showing its output only if it fails (meson reports errors on stdout).
+quiet() {
+  local out
+  if out="$("$@" 2>&1)"; then return 0; fi
+  printf '%s\n' "$out" | tail -n 30
+  return 1
+}
+
 # setup DIR [meson options...]: configures DIR, or updates the options of an existing one.
 setup() {
   local dir="$1"
   shift
-  if [[ -f "$dir/meson-private/coredata.dat" ]]; then
-    meson configure "$dir" "$@" >/dev/null && return 0
+  if [[ -f "$dir/meson-private/coredata.dat" && -f "$dir/build.ninja" ]]; then
+    quiet meson configure "$dir" "$@" && return 0
     echo "test.sh: $dir: could not reuse it; configuring afresh"
-    meson setup --wipe "$dir" "$@" >/dev/null
+    quiet meson setup --wipe "$dir" "$@"
+  elif [[ -f "$dir/meson-private/coredata.dat" ]]; then
+    quiet meson setup --wipe "$dir" "$@"  # a setup that failed half-way
   else
-    meson setup "$dir" "$@" >/dev/null
+    quiet meson setup "$dir" "$@"
   fi
 }
 
@@ -129,7 +139,7 @@ if [[ -n "$(git status --porcelain 2>/dev/null)" ]]; then
 fi
 # A fresh clone every time: the wrap pins HEAD, and an old clone would be stale.
 rm -rf examples/consumer/subprojects/yutu build/consumer
-if meson setup build/consumer examples/consumer -Dwerror=true --force-fallback-for=yutu >/dev/null &&
+if quiet meson setup build/consumer examples/consumer -Dwerror=true --force-fallback-for=yutu &&
   ninja -C build/consumer -j "$jobs" && build/consumer/consumer; then
   note_pass "consumer example (wrap + dependency('yutu'))"
 else
@@ -141,7 +151,7 @@ echo "test.sh: consumer took $((SECONDS - t0)) s"
 echo "=== install + pkg-config"
 dest="$(mktemp -d)"
 trap 'rm -rf "$dest"' EXIT
-if meson install -C build/test-gcc --destdir "$dest" --quiet --no-rebuild >/dev/null; then
+if quiet meson install -C build/test-gcc --destdir "$dest" --no-rebuild; then
   pc="$(find "$dest" -name yutu.pc | head -n1)"
   if [[ -z "$pc" ]]; then
     note_fail "install: no yutu.pc installed"
