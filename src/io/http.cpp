@@ -91,6 +91,11 @@ class http_decoder_impl {
     for (;;) {
       if (parser_->is_done()) return take();
       if (begin_ == end_) return std::optional<message>{};
+      // Beast 1.81 asserts (BOOST_ASSERT, live in our debug-assert builds) when it re-parses a final
+      // chunk header "0\r\n" with fewer than 5 bytes buffered (boostorg/beast#2861, fixed after 1.81):
+      // a client sending "0\r\n" then "\r" would abort the server. A chunked body always has at
+      // least "0\r\n\r\n" still to come, so waiting for 5 bytes never starves a valid message.
+      if (parser_->is_header_done() && parser_->chunked() && end_ - begin_ < 5) return std::optional<message>{};
       boost::system::error_code ec;
       std::size_t n = parser_->put(boost::asio::const_buffer(buf_.get() + begin_, end_ - begin_), ec);
       begin_ += n;

@@ -55,6 +55,25 @@ TEST_CASE("decoder: a request fed one byte at a time") {
   CHECK(d.idle());
 }
 
+TEST_CASE("decoder: a chunked request fed one byte at a time (Beast 1.81 final-chunk assert)") {
+  // Found by fuzz/http_request_fuzz: "0\r\n" then one more byte tripped an assertion inside Beast.
+  for (std::string wire : {"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                           "PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\r\n\r\n"}) {
+    http_request_decoder d;
+    std::optional<http_request> got;
+    for (char c : wire) {
+      REQUIRE_FALSE(got.has_value());
+      d.append(std::string_view(&c, 1));
+      auto m = d.next();
+      REQUIRE(m.has_value());
+      if (*m) got = std::move(**m);
+    }
+    REQUIRE(got.has_value());
+    CHECK(got->body() == (wire.find("abc") != std::string::npos ? "abc" : ""));
+    CHECK(d.idle());
+  }
+}
+
 TEST_CASE("decoder: pipelined requests come out one by one, in order") {
   http_request_decoder d;
   d.append(
