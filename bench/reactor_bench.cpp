@@ -719,6 +719,7 @@ void bench_stream(const options& o, report& rep) {
   // iperf3 3.12 takes whole seconds; yutu runs as long, so both see the same window.
   const int secs = std::max(1, static_cast<int>(std::lround(o.duration)));
   const auto exe = find_in_path("iperf3");
+  rep.j["iperf3"] = exe ? *exe : "missing";
   if (!exe) rep.notes.push_back("iperf3 not found in PATH: stream ratios are null");
   std::string spreads;
   for (const stream_case& c : cases) {
