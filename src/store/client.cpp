@@ -1,0 +1,955 @@
+// The store client (see client.hpp): segments, heartbeat, and the put/get paths over the engine.
+#include "yutu/store/client.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <unordered_map>
+
+#include <fmt/format.h>
+
+#include "yutu/coro/async_event.hpp"
+#include "yutu/coro/when_all.hpp"
+#include "yutu/io/op.hpp"
+#include "yutu/io/reactor_pool.hpp"
+#include "yutu/log.hpp"
+#include "yutu/store/rpc_client.hpp"
+#include "yutu/transfer/metadata.hpp"
+
+namespace yutu::store {
+
+using transfer::opcode;
+using transfer::transfer_request;
+
+namespace {
+
+// Resumes the awaiting coroutine on `e` (the caller's executor), unless it is already there or there
+// is none (a plain thread: stay where we are).
+struct hop_to {
+  coro::executor* e;
+  coro::resume_item item{};
+  bool await_ready() const noexcept { return !e || e->running_in_this_thread(); }
+  void await_suspend(std::coroutine_handle<> h) noexcept {
+    item.handle = h;
+    e->post(&item);
+  }
+  void await_resume() const noexcept {}
+};
+
+struct io_part {
+  std::byte* p = nullptr;
+  std::uint64_t n = 0;
+};
+
+// The local memory of a batch of objects: object i is parts[begin[i], begin[i+1]), in order.
+struct object_set {
+  std::vector<io_part> parts;
+  std::vector<std::size_t> begin{0};
+
+  void add(const void* p, std::uint64_t n) { parts.push_back({static_cast<std::byte*>(const_cast<void*>(p)), n}); }
+  void next() { begin.push_back(parts.size()); }
+  std::size_t size() const noexcept { return begin.size() - 1; }
+  std::span<const io_part> of(std::size_t i) const noexcept {
+    return std::span(parts).subspan(begin[i], begin[i + 1] - begin[i]);
+  }
+  std::uint64_t bytes(std::size_t i) const noexcept {
+    std::uint64_t s = 0;
+    for (auto& p : of(i)) s += p.n;
+    return s;
+  }
+};
+
+std::string random_id() {
+  std::random_device rd;
+  std::uint64_t a = (std::uint64_t(rd()) << 32) ^ rd(), b = (std::uint64_t(rd()) << 32) ^ rd();
+  return fmt::format("{:08x}-{:04x}-{:04x}-{:04x}-{:012x}", a >> 32, (a >> 16) & 0xffff, a & 0xffff, b >> 48,
+                     b & 0xffffffffffffull);
+}
+
+std::error_code first_error(const transfer::batch_result& r, std::size_t from, std::size_t to) {
+  for (std::size_t k = from; k < to; ++k)
+    if (r.errors[k]) return r.errors[k];
+  return {};
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+struct client::impl {
+  client_config cfg;
+  client_id id;
+  std::string host;  // the placement host named in our segments
+  // Declared first, destroyed last: the RPC client's connections and the heartbeat live on it.
+  std::unique_ptr<io::reactor_pool> pool;
+  std::unique_ptr<master_service> owned_master;
+  master_service* master = nullptr;
+  std::unique_ptr<transfer::engine> eng;
+
+  std::vector<segment_info> segs;
+  std::byte* local_buf = nullptr;
+  std::size_t local_len = 0;
+
+  mutable std::mutex reg_mu;
+  std::map<std::uintptr_t, std::size_t> registered;
+
+  struct seg_entry {
+    transfer::segment_id id = 0;
+    int rank = 2;  // 0: this process, 1: this host, 2: another host
+  };
+  std::mutex seg_mu;
+  std::unordered_map<std::string, seg_entry> seg_cache;
+
+  std::stop_source hb_stop;
+  coro::async_event hb_done;
+  bool hb_running = false;
+  std::atomic<bool> hb_exited{false};  // set last: nothing of ours is touched by the heartbeat after it
+  std::atomic<bool> closed{false};
+  std::atomic<std::uint64_t> rr{0};
+
+  struct counters {
+    std::atomic<std::uint64_t> puts{0}, put_failures{0}, put_bytes{0}, gets{0}, get_failures{0}, get_bytes{0},
+        failovers{0}, revokes{0}, remounts{0}, heartbeat_failures{0};
+  } c;
+
+  ~impl() {
+    // The heartbeat may still be inside a call to the master: let it end before the master goes.
+    hb_stop.request_stop();
+    while (hb_running && !hb_exited.load(std::memory_order_acquire))
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    owned_master.reset();
+    eng.reset();  // frees the contributed (shared) memory with it
+    if (pool) pool->stop_and_join();
+    if (local_buf) std::free(local_buf);
+  }
+
+  bool is_registered(const void* p, std::uint64_t n) const {
+    auto a = reinterpret_cast<std::uintptr_t>(p);
+    std::lock_guard lk(reg_mu);
+    auto it = registered.upper_bound(a);
+    if (it == registered.begin()) return false;
+    --it;
+    return a >= it->first && a - it->first <= it->second && n <= it->second - (a - it->first);
+  }
+
+  transfer::batch_options batch_opts() const {
+    transfer::batch_options o;
+    o.deadline = cfg.transfer_deadline;
+    return o;
+  }
+
+  task<result<seg_entry>> segment(std::string name) {
+    {
+      std::lock_guard lk(seg_mu);
+      if (auto it = seg_cache.find(name); it != seg_cache.end()) co_return it->second;
+    }
+    auto sid = co_await eng->open_segment(name);
+    if (!sid) co_return fail(sid.error());
+    seg_entry e;
+    e.id = *sid;
+    if (name == eng->segment_name()) {
+      e.rank = 0;
+    } else if (auto d = eng->segment_descriptor(*sid); d && d->host_id == transfer::local_host_id()) {
+      e.rank = 1;
+    }
+    std::lock_guard lk(seg_mu);
+    seg_cache.emplace(std::move(name), e);
+    co_return e;
+  }
+
+  // --- put ---
+
+  task<std::vector<result<std::vector<replica_desc>>>> start_puts(std::span<const std::string> keys,
+                                                                  const object_set& objs, replicate_config cfg_,
+                                                                  bool upsert) {
+    std::vector<result<std::vector<replica_desc>>> starts;
+    if (keys.size() == 1) {
+      if (upsert)
+        starts.push_back(co_await master->upsert_start(id, keys[0], objs.bytes(0), std::move(cfg_)));
+      else
+        starts.push_back(co_await master->put_start(id, keys[0], objs.bytes(0), std::move(cfg_)));
+      co_return starts;
+    }
+    if (upsert) {
+      for (std::size_t i = 0; i < keys.size(); ++i)
+        starts.push_back(co_await master->upsert_start(id, keys[i], objs.bytes(i), cfg_));
+      co_return starts;
+    }
+    std::vector<std::string> ks(keys.begin(), keys.end());
+    std::vector<std::uint64_t> sizes;
+    sizes.reserve(keys.size());
+    for (std::size_t i = 0; i < keys.size(); ++i) sizes.push_back(objs.bytes(i));
+    starts = co_await master->batch_put_start(id, std::move(ks), std::move(sizes), std::move(cfg_));
+    if (starts.size() != keys.size()) starts.assign(keys.size(), fail(errc::internal_error));
+    co_return starts;
+  }
+
+  // `out[i]` set on entry (invalid arguments, closed) skips key i.
+  task<void> put_objects(std::span<const std::string> keys, const object_set& objs, replicate_config cfg_,
+                         bool upsert, std::vector<result<void>>& out) {
+    const std::size_t n = keys.size();
+    std::vector<std::size_t> todo;
+    for (std::size_t i = 0; i < n; ++i)
+      if (out[i]) todo.push_back(i);
+    if (todo.empty()) co_return;
+    std::vector<std::string> tkeys;
+    object_set tobjs;
+    for (std::size_t i : todo) {
+      tkeys.push_back(keys[i]);
+      for (auto& p : objs.of(i)) tobjs.add(p.p, p.n);
+      tobjs.next();
+    }
+    auto starts = co_await start_puts(tkeys, tobjs, std::move(cfg_), upsert);
+
+    std::vector<transfer_request> reqs;
+    std::vector<std::size_t> rbegin(todo.size() + 1, 0);
+    std::vector<result<void>> tout(todo.size(), ok());
+    for (std::size_t t = 0; t < todo.size(); ++t) {
+      rbegin[t] = reqs.size();
+      if (!starts[t]) {
+        tout[t] = fail(starts[t].error());
+        continue;
+      }
+      for (const replica_desc& r : *starts[t]) {
+        auto seg = co_await segment(r.engine_segment);
+        if (!seg) {
+          tout[t] = fail(seg.error());
+          break;
+        }
+        std::uint64_t off = 0;
+        for (const io_part& p : tobjs.of(t)) {
+          if (p.n) reqs.push_back(transfer_request{opcode::write, p.p, seg->id, r.addr + off, p.n});
+          off += p.n;
+        }
+      }
+    }
+    rbegin[todo.size()] = reqs.size();
+    transfer::batch_result res;
+    if (!reqs.empty()) res = co_await eng->transfer(reqs, batch_opts());
+
+    std::vector<std::string> ends, revokes;
+    std::vector<std::size_t> end_idx;
+    for (std::size_t t = 0; t < todo.size(); ++t) {
+      if (!starts[t]) continue;
+      if (tout[t]) {
+        if (auto ec = first_error(res, rbegin[t], rbegin[t + 1])) tout[t] = fail(ec);
+      }
+      if (tout[t]) {
+        ends.push_back(tkeys[t]);
+        end_idx.push_back(t);
+      } else {
+        revokes.push_back(tkeys[t]);
+      }
+    }
+    if (ends.size() == 1) {
+      auto r = co_await master->put_end(id, ends[0]);
+      if (!r) tout[end_idx[0]] = fail(r.error());
+    } else if (!ends.empty()) {
+      auto rs = co_await master->batch_put_end(id, std::move(ends));
+      for (std::size_t k = 0; k < end_idx.size(); ++k)
+        if (k >= rs.size() || !rs[k]) tout[end_idx[k]] = fail(k < rs.size() ? rs[k].error() : make_error_code(errc::internal_error));
+    }
+    if (!revokes.empty()) {
+      c.revokes.fetch_add(revokes.size(), std::memory_order_relaxed);
+      for (auto& k : revokes) log::info("store client {}: put of {} failed; revoking", id, k);
+      if (revokes.size() == 1) {
+        (void)co_await master->put_revoke(id, revokes[0]);
+      } else {
+        (void)co_await master->batch_put_revoke(id, std::move(revokes));
+      }
+    }
+    for (std::size_t t = 0; t < todo.size(); ++t) {
+      out[todo[t]] = tout[t];
+      if (tout[t]) {
+        c.puts.fetch_add(1, std::memory_order_relaxed);
+        c.put_bytes.fetch_add(tobjs.bytes(t), std::memory_order_relaxed);
+      } else {
+        c.put_failures.fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+  }
+
+  // --- get ---
+
+  task<std::vector<result<replica_list>>> lookup(std::span<const std::string> keys) {
+    std::vector<result<replica_list>> lists;
+    if (keys.size() == 1) {
+      lists.push_back(co_await master->get_replica_list(keys[0]));
+      co_return lists;
+    }
+    std::vector<std::string> ks(keys.begin(), keys.end());
+    lists = co_await master->batch_get_replica_list(std::move(ks));
+    if (lists.size() != keys.size()) lists.assign(keys.size(), fail(errc::internal_error));
+    co_return lists;
+  }
+
+  // Reads object i of `lists` into objs(i), trying replicas best first; out[i] = its size. Entries
+  // of `out` already failed are skipped. t0: when the lookup that granted the leases was sent.
+  task<void> read_objects(std::vector<result<replica_list>>& lists, const object_set& objs,
+                          std::vector<result<std::uint64_t>>& out, std::chrono::steady_clock::time_point t0) {
+    const std::size_t n = lists.size();
+    struct cand {
+      transfer::segment_id seg;
+      std::uint64_t addr;
+      int rank;
+    };
+    std::vector<std::vector<cand>> cands(n);
+    std::vector<std::error_code> last(n);
+    std::vector<std::size_t> pending;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (!out[i]) continue;
+      if (!lists[i]) {
+        out[i] = fail(lists[i].error());
+        continue;
+      }
+      const replica_list& rl = *lists[i];
+      if (rl.size > objs.bytes(i)) {
+        out[i] = fail(errc::buffer_overflow);
+        continue;
+      }
+      if (rl.size == 0) {
+        out[i] = std::uint64_t{0};
+        continue;
+      }
+      for (const replica_desc& r : rl.replicas) {
+        if (r.status != replica_status::complete) continue;
+        auto seg = co_await segment(r.engine_segment);
+        if (!seg) {
+          last[i] = seg.error();
+          continue;
+        }
+        cands[i].push_back(cand{seg->id, r.addr, seg->rank});
+      }
+      if (cands[i].empty()) {
+        out[i] = fail(last[i] ? last[i] : make_error_code(errc::invalid_replica));
+        continue;
+      }
+      // Best transport first; among equals, rotate so that reads spread over the replicas.
+      if (cands[i].size() > 1) {
+        std::rotate(cands[i].begin(), cands[i].begin() + rr.fetch_add(1, std::memory_order_relaxed) % cands[i].size(),
+                    cands[i].end());
+        std::stable_sort(cands[i].begin(), cands[i].end(), [](const cand& a, const cand& b) { return a.rank < b.rank; });
+      }
+      pending.push_back(i);
+    }
+
+    std::vector<std::size_t> next(n, 0);
+    std::vector<transfer_request> reqs;
+    std::vector<std::size_t> rbegin;
+    while (!pending.empty()) {
+      reqs.clear();
+      rbegin.assign(1, 0);
+      for (std::size_t i : pending) {
+        const cand& cd = cands[i][next[i]];
+        std::uint64_t left = lists[i]->size, off = 0;
+        for (const io_part& p : objs.of(i)) {
+          if (left == 0) break;
+          std::uint64_t len = std::min(p.n, left);
+          if (len) reqs.push_back(transfer_request{opcode::read, p.p, cd.seg, cd.addr + off, len});
+          off += len;
+          left -= len;
+        }
+        rbegin.push_back(reqs.size());
+      }
+      auto res = co_await eng->transfer(reqs, batch_opts());
+      std::vector<std::size_t> again;
+      const auto now = std::chrono::steady_clock::now();
+      for (std::size_t k = 0; k < pending.size(); ++k) {
+        std::size_t i = pending[k];
+        std::error_code ec = first_error(res, rbegin[k], rbegin[k + 1]);
+        if (!ec) {
+          auto ttl = lists[i]->lease_ttl;
+          if (ttl.count() > 0 && now - t0 > ttl) {
+            out[i] = fail(errc::lease_expired);
+          } else {
+            out[i] = lists[i]->size;
+            if (next[i] > 0) c.failovers.fetch_add(1, std::memory_order_relaxed);
+          }
+          continue;
+        }
+        log::info("store client {}: reading a replica failed ({}); {}", id, ec.message(),
+                  next[i] + 1 < cands[i].size() ? "trying the next one" : "no replica left");
+        if (!is_canceled(ec) && ++next[i] < cands[i].size())
+          again.push_back(i);
+        else
+          out[i] = fail(ec);
+      }
+      pending = std::move(again);
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      if (out[i]) {
+        c.gets.fetch_add(1, std::memory_order_relaxed);
+        c.get_bytes.fetch_add(*out[i], std::memory_order_relaxed);
+      } else {
+        c.get_failures.fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+  }
+
+  task<void> get_objects(std::span<const std::string> keys, const object_set& objs,
+                         std::vector<result<std::uint64_t>>& out) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto lists = co_await lookup(keys);
+    co_await read_objects(lists, objs, out, t0);
+  }
+
+  // --- segments and heartbeat ---
+
+  task<result<void>> mount_all(std::chrono::milliseconds wait) {
+    const auto deadline = std::chrono::steady_clock::now() + wait;
+    for (const segment_info& s : segs) {
+      for (;;) {
+        auto r = co_await master->mount_segment(id, s);
+        if (r) break;
+        bool transient = r.error() == errc::rpc_fail || r.error() == errc::rpc_timeout;
+        if (!transient || std::chrono::steady_clock::now() >= deadline) co_return r;
+        co_await io::sleep_for(std::chrono::milliseconds(100));
+      }
+    }
+    co_return ok();
+  }
+
+  task<void> remount() {
+    for (const segment_info& s : segs) {
+      auto r = co_await master->mount_segment(id, s);
+      if (r) {
+        c.remounts.fetch_add(1, std::memory_order_relaxed);
+        log::info("store client {}: segment {} mounted again", id, s.name);
+      } else {
+        log::warn("store client {}: re-mounting segment {} failed: {}", id, s.name, r.error().message());
+      }
+    }
+  }
+
+  task<void> heartbeat() {
+    for (;;) {
+      auto s = co_await io::sleep_for(cfg.heartbeat_interval);
+      if (!s) break;
+      auto p = co_await master->ping(id);
+      if ((co_await coro::get_stop_token()).stop_requested()) break;
+      if (!p) {
+        c.heartbeat_failures.fetch_add(1, std::memory_order_relaxed);
+        log::info("store client {}: heartbeat failed: {}", id, p.error().message());
+        continue;
+      }
+      if (p->need_remount) co_await remount();
+    }
+    hb_done.set();
+    hb_exited.store(true, std::memory_order_release);
+  }
+
+  // The published descriptor lists every contributed segment: a peer handed a replica there can find it.
+  task<bool> published(transfer::metadata_store& meta) {
+    auto v = co_await meta.get(transfer::ram_key(eng->segment_name()));
+    if (!v || !*v) co_return false;
+    auto d = transfer::segment_desc::from_json(**v);
+    if (!d) co_return false;
+    for (const segment_info& s : segs)
+      if (!d->find(s.base, s.size)) co_return false;
+    co_return true;
+  }
+  task<result<void>> wait_published() {
+    if (segs.empty() || cfg.metadata == "P2PHANDSHAKE" || cfg.metadata == "p2p") co_return ok();
+    auto meta = transfer::make_metadata_store(cfg.metadata);
+    if (!meta) co_return fail(meta.error());
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!co_await published(**meta)) {
+      if (std::chrono::steady_clock::now() >= deadline) co_return fail(te_errc::metadata_error);
+      co_await io::sleep_for(std::chrono::milliseconds(2));
+    }
+    co_return ok();
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+result<std::vector<std::string>> transports_for(const client_config& cfg) {
+  if (!cfg.transports.empty()) return cfg.transports;
+  if (cfg.protocol == "tcp") return std::vector<std::string>{"local", "shm", "tcp"};
+  if (cfg.protocol == "rdma") return fail(errc::not_supported);
+  return fail(errc::invalid_params);
+}
+
+result<std::unique_ptr<client::impl>> build(client_config cfg, master_service* external) {
+  auto p = std::make_unique<client::impl>();
+  p->cfg = std::move(cfg);
+  auto& c = p->cfg;
+  p->id = c.client_id.empty() ? random_id() : c.client_id;
+  auto transports = transports_for(c);
+  if (!transports) return fail(transports.error());
+  if (c.heartbeat_interval.count() <= 0 || c.engine_threads == 0) return fail(errc::invalid_params);
+
+  std::string host = c.local_hostname;
+  std::uint16_t port = 0;
+  if (auto colon = host.rfind(':'); colon != std::string::npos && host.find(':') == colon) {
+    unsigned v = 0;
+    auto tail = std::string_view(host).substr(colon + 1);
+    auto [ptr, ec] = std::from_chars(tail.data(), tail.data() + tail.size(), v);
+    if (ec != std::errc{} || ptr != tail.data() + tail.size() || v > 65535) return fail(errc::invalid_params);
+    port = static_cast<std::uint16_t>(v);
+    host.resize(colon);
+  }
+  if (host.empty()) return fail(errc::invalid_params);
+  p->host = host;
+
+  p->pool = std::make_unique<io::reactor_pool>(1);
+  if (external) {
+    p->master = external;
+  } else {
+    rpc_client_options ro;
+    ro.call_timeout = c.rpc_timeout;
+    ro.connect_timeout = c.rpc_timeout;
+    ro.connections = c.rpc_connections;
+    auto m = rpc_master_client::create(c.master, ro, p->pool.get());
+    if (!m) {
+      log::error("store client: bad master address '{}': {}", c.master, m.error().message());
+      return fail(m.error());
+    }
+    p->owned_master = std::move(*m);
+    p->master = p->owned_master.get();
+  }
+
+  transfer::engine_config ec;
+  ec.metadata = c.metadata;
+  ec.listen_host = host;
+  ec.listen_port = port;
+  ec.threads = c.engine_threads;
+  ec.transports = std::move(*transports);
+  ec.batch_deadline = c.transfer_deadline;
+  auto e = transfer::engine::create(ec);
+  if (!e) return fail(e.error());
+  p->eng = std::move(*e);
+
+  if (c.local_buffer_size) {
+    std::size_t len = (c.local_buffer_size + 4095) / 4096 * 4096;
+    p->local_buf = static_cast<std::byte*>(std::aligned_alloc(4096, len));
+    if (!p->local_buf) return fail(std::errc::not_enough_memory);
+    p->local_len = c.local_buffer_size;
+    if (auto r = p->eng->register_memory(p->local_buf, p->local_len, "cpu:0", false); !r) return fail(r.error());
+    p->registered.emplace(reinterpret_cast<std::uintptr_t>(p->local_buf), p->local_len);
+  }
+
+  if (c.global_segment_size) {
+    const std::uint64_t chunk = std::max<std::uint64_t>(c.max_segment_size, 4096);
+    for (std::uint64_t off = 0; off < c.global_segment_size; off += chunk) {
+      std::uint64_t len = std::min(chunk, c.global_segment_size - off);
+      auto mem = p->eng->allocate_shared(len, c.hugepages);
+      if (!mem) {
+        log::error("store client: cannot allocate {} bytes to contribute: {}", len, mem.error().message());
+        return fail(mem.error());
+      }
+      segment_info s;
+      auto base = reinterpret_cast<std::uint64_t>(*mem);
+      s.name = fmt::format("{}/{:x}", p->eng->segment_name(), base);
+      s.engine_segment = p->eng->segment_name();
+      s.host = host;
+      s.base = base;
+      s.size = len;
+      s.transport = c.protocol;
+      p->segs.push_back(std::move(s));
+    }
+    if (auto r = p->pool->block_on(0, p->wait_published()); !r) {
+      log::error("store client: the engine's descriptor was not published: {}", r.error().message());
+      return fail(r.error());
+    }
+    if (auto r = p->pool->block_on(0, p->mount_all(c.master_wait)); !r) {
+      log::error("store client {}: mounting its segments failed: {}", p->id, r.error().message());
+      return fail(r.error());
+    }
+  }
+  p->hb_running = true;
+  p->pool->spawn(0, p->heartbeat().with_stop_token(p->hb_stop.get_token()));
+  log::info("store client {} up: engine {}, {} bytes contributed in {} segment(s)", p->id, p->eng->segment_name(),
+            c.global_segment_size, p->segs.size());
+  return p;
+}
+
+}  // namespace
+
+client::client(std::unique_ptr<impl> p) noexcept : p_(std::move(p)) {}
+
+result<std::unique_ptr<client>> client::create(client_config cfg) {
+  if (cfg.master.empty()) return fail(errc::invalid_params);
+  auto p = build(std::move(cfg), nullptr);
+  if (!p) return fail(p.error());
+  return std::unique_ptr<client>(new client(std::move(*p)));
+}
+
+result<std::unique_ptr<client>> client::create(client_config cfg, master_service& master) {
+  auto p = build(std::move(cfg), &master);
+  if (!p) return fail(p.error());
+  return std::unique_ptr<client>(new client(std::move(*p)));
+}
+
+client::~client() {
+  if (!p_) return;
+  if (!p_->closed.load()) (void)p_->pool->block_on(0, close());
+}
+
+const client_id& client::id() const noexcept { return p_->id; }
+const client_config& client::config() const noexcept { return p_->cfg; }
+transfer::engine& client::engine() noexcept { return *p_->eng; }
+std::vector<segment_info> client::segments() const { return p_->segs; }
+std::span<std::byte> client::local_buffer() const noexcept { return {p_->local_buf, p_->local_len}; }
+replicate_config client::cfg_defaults() const { return p_->cfg.replica_defaults; }
+
+client_stats client::stats() const noexcept {
+  auto& c = p_->c;
+  client_stats s;
+  s.puts = c.puts.load();
+  s.put_failures = c.put_failures.load();
+  s.put_bytes = c.put_bytes.load();
+  s.gets = c.gets.load();
+  s.get_failures = c.get_failures.load();
+  s.get_bytes = c.get_bytes.load();
+  s.failovers = c.failovers.load();
+  s.revokes = c.revokes.load();
+  s.remounts = c.remounts.load();
+  s.heartbeat_failures = c.heartbeat_failures.load();
+  return s;
+}
+
+result<void> client::register_buffer(void* addr, std::size_t size) {
+  if (!addr || size == 0) return fail(errc::invalid_params);
+  if (auto r = p_->eng->register_memory(addr, size, "cpu:0", false); !r) return r;
+  std::lock_guard lk(p_->reg_mu);
+  p_->registered.emplace(reinterpret_cast<std::uintptr_t>(addr), size);
+  return ok();
+}
+
+result<void> client::unregister_buffer(void* addr) {
+  if (auto r = p_->eng->unregister_memory(addr); !r) return r;
+  std::lock_guard lk(p_->reg_mu);
+  p_->registered.erase(reinterpret_cast<std::uintptr_t>(addr));
+  return ok();
+}
+
+// --- put ---
+
+task<result<void>> client::put(std::string key, std::span<const std::byte> value, replicate_config cfg) {
+  object_set objs;
+  objs.add(value.data(), value.size());
+  objs.next();
+  std::vector<result<void>> out(1, ok());
+  if (p_->closed.load()) co_return fail(errc::closed);
+  co_await p_->put_objects(std::span(&key, 1), objs, std::move(cfg), false, out);
+  co_return out[0];
+}
+
+task<result<void>> client::upsert(std::string key, std::span<const std::byte> value, replicate_config cfg) {
+  object_set objs;
+  objs.add(value.data(), value.size());
+  objs.next();
+  std::vector<result<void>> out(1, ok());
+  if (p_->closed.load()) co_return fail(errc::closed);
+  co_await p_->put_objects(std::span(&key, 1), objs, std::move(cfg), true, out);
+  co_return out[0];
+}
+
+task<std::vector<result<void>>> client::batch_put(std::span<const std::string> keys,
+                                                  std::span<const std::span<const std::byte>> values,
+                                                  replicate_config cfg) {
+  std::vector<result<void>> out(keys.size(), ok());
+  if (values.size() != keys.size()) {
+    out.assign(keys.size(), fail(errc::invalid_params));
+    co_return out;
+  }
+  if (p_->closed.load()) {
+    out.assign(keys.size(), fail(errc::closed));
+    co_return out;
+  }
+  object_set objs;
+  for (auto& v : values) {
+    objs.add(v.data(), v.size());
+    objs.next();
+  }
+  co_await p_->put_objects(keys, objs, std::move(cfg), false, out);
+  co_return out;
+}
+
+task<result<void>> client::put_from(std::string key, const void* src, std::uint64_t size, replicate_config cfg) {
+  if (p_->closed.load()) co_return fail(errc::closed);
+  if (!p_->is_registered(src, size)) co_return fail(errc::invalid_params);
+  object_set objs;
+  objs.add(src, size);
+  objs.next();
+  std::vector<result<void>> out(1, ok());
+  co_await p_->put_objects(std::span(&key, 1), objs, std::move(cfg), false, out);
+  co_return out[0];
+}
+
+task<std::vector<result<void>>> client::batch_put_from(std::span<const std::string> keys,
+                                                       std::span<const void* const> srcs,
+                                                       std::span<const std::uint64_t> sizes, replicate_config cfg) {
+  std::vector<result<void>> out(keys.size(), ok());
+  if (srcs.size() != keys.size() || sizes.size() != keys.size()) {
+    out.assign(keys.size(), fail(errc::invalid_params));
+    co_return out;
+  }
+  if (p_->closed.load()) {
+    out.assign(keys.size(), fail(errc::closed));
+    co_return out;
+  }
+  object_set objs;
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    if (!p_->is_registered(srcs[i], sizes[i])) out[i] = fail(errc::invalid_params);
+    objs.add(srcs[i], sizes[i]);
+    objs.next();
+  }
+  co_await p_->put_objects(keys, objs, std::move(cfg), false, out);
+  co_return out;
+}
+
+task<std::vector<result<void>>> client::batch_put_from_multi_buffers(
+    std::span<const std::string> keys, std::span<const std::vector<const void*>> srcs,
+    std::span<const std::vector<std::uint64_t>> sizes, replicate_config cfg) {
+  std::vector<result<void>> out(keys.size(), ok());
+  if (srcs.size() != keys.size() || sizes.size() != keys.size()) {
+    out.assign(keys.size(), fail(errc::invalid_params));
+    co_return out;
+  }
+  if (p_->closed.load()) {
+    out.assign(keys.size(), fail(errc::closed));
+    co_return out;
+  }
+  object_set objs;
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    if (srcs[i].size() != sizes[i].size()) out[i] = fail(errc::invalid_params);
+    for (std::size_t k = 0; out[i] && k < srcs[i].size(); ++k) {
+      if (!p_->is_registered(srcs[i][k], sizes[i][k])) out[i] = fail(errc::invalid_params);
+      objs.add(srcs[i][k], sizes[i][k]);
+    }
+    objs.next();
+  }
+  co_await p_->put_objects(keys, objs, std::move(cfg), false, out);
+  co_return out;
+}
+
+// --- get ---
+
+task<result<std::vector<std::byte>>> client::get(std::string key) {
+  if (p_->closed.load()) co_return fail(errc::closed);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto lists = co_await p_->lookup(std::span(&key, 1));
+  if (!lists[0]) co_return fail(lists[0].error());
+  std::vector<std::byte> value(lists[0]->size);
+  object_set objs;
+  objs.add(value.data(), value.size());
+  objs.next();
+  std::vector<result<std::uint64_t>> out(1, std::uint64_t{0});
+  co_await p_->read_objects(lists, objs, out, t0);
+  if (!out[0]) co_return fail(out[0].error());
+  co_return value;
+}
+
+task<std::vector<result<std::vector<std::byte>>>> client::batch_get(std::span<const std::string> keys) {
+  std::vector<result<std::vector<std::byte>>> values;
+  values.reserve(keys.size());
+  if (p_->closed.load()) {
+    for (std::size_t i = 0; i < keys.size(); ++i) values.push_back(fail(errc::closed));
+    co_return values;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  auto lists = co_await p_->lookup(keys);
+  object_set objs;
+  std::vector<result<std::uint64_t>> out(keys.size(), std::uint64_t{0});
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    values.emplace_back(std::vector<std::byte>(lists[i] ? lists[i]->size : 0));
+    objs.add(values[i]->data(), values[i]->size());
+    objs.next();
+  }
+  co_await p_->read_objects(lists, objs, out, t0);
+  for (std::size_t i = 0; i < keys.size(); ++i)
+    if (!out[i]) values[i] = fail(out[i].error());
+  co_return values;
+}
+
+task<result<std::uint64_t>> client::get_into(std::string key, void* dst, std::uint64_t size) {
+  if (p_->closed.load()) co_return fail(errc::closed);
+  if (!p_->is_registered(dst, size)) co_return fail(errc::invalid_params);
+  object_set objs;
+  objs.add(dst, size);
+  objs.next();
+  std::vector<result<std::uint64_t>> out(1, std::uint64_t{0});
+  co_await p_->get_objects(std::span(&key, 1), objs, out);
+  co_return out[0];
+}
+
+task<std::vector<result<std::uint64_t>>> client::batch_get_into(std::span<const std::string> keys,
+                                                                std::span<void* const> dsts,
+                                                                std::span<const std::uint64_t> sizes) {
+  std::vector<result<std::uint64_t>> out(keys.size(), std::uint64_t{0});
+  if (dsts.size() != keys.size() || sizes.size() != keys.size()) {
+    out.assign(keys.size(), fail(errc::invalid_params));
+    co_return out;
+  }
+  if (p_->closed.load()) {
+    out.assign(keys.size(), fail(errc::closed));
+    co_return out;
+  }
+  object_set objs;
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    if (!p_->is_registered(dsts[i], sizes[i])) out[i] = fail(errc::invalid_params);
+    objs.add(dsts[i], sizes[i]);
+    objs.next();
+  }
+  co_await p_->get_objects(keys, objs, out);
+  co_return out;
+}
+
+task<std::vector<result<std::uint64_t>>> client::batch_get_into_multi_buffers(
+    std::span<const std::string> keys, std::span<const std::vector<void*>> dsts,
+    std::span<const std::vector<std::uint64_t>> sizes) {
+  std::vector<result<std::uint64_t>> out(keys.size(), std::uint64_t{0});
+  if (dsts.size() != keys.size() || sizes.size() != keys.size()) {
+    out.assign(keys.size(), fail(errc::invalid_params));
+    co_return out;
+  }
+  if (p_->closed.load()) {
+    out.assign(keys.size(), fail(errc::closed));
+    co_return out;
+  }
+  object_set objs;
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    if (dsts[i].size() != sizes[i].size()) out[i] = fail(errc::invalid_params);
+    for (std::size_t k = 0; out[i] && k < dsts[i].size(); ++k) {
+      if (!p_->is_registered(dsts[i][k], sizes[i][k])) out[i] = fail(errc::invalid_params);
+      objs.add(dsts[i][k], sizes[i][k]);
+    }
+    objs.next();
+  }
+  co_await p_->get_objects(keys, objs, out);
+  co_return out;
+}
+
+// --- prefixes ---
+
+task<result<std::size_t>> client::match_prefix(std::span<const std::string> keys) {
+  if (p_->closed.load()) co_return fail(errc::closed);
+  std::vector<std::string> ks(keys.begin(), keys.end());
+  auto m = co_await p_->master->match_prefix(std::move(ks));
+  if (!m) co_return fail(m.error());
+  co_return m->hits;
+}
+
+task<result<std::size_t>> client::load_prefix(std::span<const std::string> keys, std::span<void* const> dsts,
+                                              std::span<const std::uint64_t> sizes) {
+  if (p_->closed.load()) co_return fail(errc::closed);
+  if (dsts.size() != keys.size() || sizes.size() != keys.size()) co_return fail(errc::invalid_params);
+  for (std::size_t i = 0; i < keys.size(); ++i)
+    if (!p_->is_registered(dsts[i], sizes[i])) co_return fail(errc::invalid_params);
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::string> ks(keys.begin(), keys.end());
+  auto m = co_await p_->master->match_prefix(std::move(ks));
+  if (!m) co_return fail(m.error());
+  const std::size_t hits = std::min({m->hits, m->replicas.size(), keys.size()});
+  if (hits == 0) co_return std::size_t{0};
+  std::vector<result<replica_list>> lists;
+  lists.reserve(hits);
+  object_set objs;
+  for (std::size_t i = 0; i < hits; ++i) {
+    lists.emplace_back(std::move(m->replicas[i]));
+    objs.add(dsts[i], sizes[i]);
+    objs.next();
+  }
+  std::vector<result<std::uint64_t>> out(hits, std::uint64_t{0});
+  co_await p_->read_objects(lists, objs, out, t0);
+  std::size_t loaded = 0;
+  while (loaded < hits && out[loaded]) ++loaded;
+  co_return loaded;
+}
+
+// --- metadata ---
+
+task<result<bool>> client::exist(std::string key) {
+  if (p_->closed.load()) co_return fail(errc::closed);
+  co_return co_await p_->master->exist(std::move(key));
+}
+
+task<std::vector<result<bool>>> client::batch_exist(std::span<const std::string> keys) {
+  if (p_->closed.load()) co_return std::vector<result<bool>>(keys.size(), fail(errc::closed));
+  std::vector<std::string> ks(keys.begin(), keys.end());
+  co_return co_await p_->master->batch_exist(std::move(ks));
+}
+
+task<result<std::uint64_t>> client::get_size(std::string key) {
+  if (p_->closed.load()) co_return fail(errc::closed);
+  co_return co_await p_->master->get_size(std::move(key));
+}
+
+task<result<void>> client::remove(std::string key, bool force) {
+  if (p_->closed.load()) co_return fail(errc::closed);
+  co_return co_await p_->master->remove(std::move(key), force);
+}
+
+task<std::vector<result<void>>> client::batch_remove(std::span<const std::string> keys, bool force) {
+  if (p_->closed.load()) co_return std::vector<result<void>>(keys.size(), fail(errc::closed));
+  std::vector<std::string> ks(keys.begin(), keys.end());
+  co_return co_await p_->master->batch_remove(std::move(ks), force);
+}
+
+task<result<std::uint64_t>> client::remove_all(bool force) {
+  if (p_->closed.load()) co_return fail(errc::closed);
+  co_return co_await p_->master->remove_all(force);
+}
+
+task<result<void>> client::close() {
+  if (p_->closed.exchange(true)) co_return ok();
+  coro::executor* caller = coro::current_executor();
+  p_->hb_stop.request_stop();
+  if (p_->hb_running) (void)co_await p_->hb_done.wait();
+  result<void> first = ok();
+  for (const segment_info& s : p_->segs) {
+    auto r = co_await p_->master->unmount_segment(p_->id, s.name);
+    // A master that already expired us, or restarted, no longer knows the segment: nothing to undo.
+    if (!r && r.error() != errc::segment_not_found && first) first = r;
+    if (!r && r.error() != errc::segment_not_found)
+      log::warn("store client {}: unmounting {} failed: {}", p_->id, s.name, r.error().message());
+  }
+  co_await hop_to{caller, {}};
+  co_return first;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+result<std::uint64_t> parse_size(std::string_view text) {
+  auto s = text;
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+  std::size_t i = 0;
+  while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.')) ++i;
+  if (i == 0) return fail(errc::invalid_params);
+  std::string num(s.substr(0, i));
+  std::string unit;
+  for (char ch : s.substr(i))
+    if (!std::isspace(static_cast<unsigned char>(ch))) unit.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(ch))));
+  char* end = nullptr;
+  double v = std::strtod(num.c_str(), &end);
+  if (*end != '\0' || !(v >= 0)) return fail(errc::invalid_params);
+  double mult = 1;
+  static const std::pair<const char*, double> units[] = {
+      {"", 1},          {"b", 1},           {"k", 0x1p10},    {"kib", 0x1p10}, {"m", 0x1p20}, {"mib", 0x1p20},
+      {"g", 0x1p30},    {"gib", 0x1p30},    {"t", 0x1p40},    {"tib", 0x1p40}, {"kb", 1e3},   {"mb", 1e6},
+      {"gb", 1e9},      {"tb", 1e12}};
+  bool found = false;
+  for (auto& [name, m] : units)
+    if (unit == name) {
+      mult = m;
+      found = true;
+    }
+  if (!found) return fail(errc::invalid_params);
+  double bytes = std::floor(v * mult);
+  if (bytes >= 0x1p64) return fail(errc::invalid_params);
+  return static_cast<std::uint64_t>(bytes);
+}
+
+}  // namespace yutu::store

@@ -1,0 +1,508 @@
+// The store client against an in-process master: put/get in every form, typed errors, prefixes,
+// replica failover when a replica's node is gone, revoked puts, eviction under pressure, same-key puts
+// racing, re-mount after expiry, close, and the embedded mode.
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "transfer/peer_util.hpp"
+#include "yutu/coro/sync_wait.hpp"
+#include "yutu/coro/when_all.hpp"
+#include "yutu/io/reactor.hpp"
+#include "yutu/store/client.hpp"
+#include "yutu/store/embedded.hpp"
+#include "yutu/store/master_state.hpp"
+#include "yutu/store/rpc_client.hpp"
+
+using namespace std::chrono_literals;
+using yutu::errc;
+using yutu::result;
+using yutu::task;
+using yutu::te_errc;
+using yutu::store::client;
+using yutu::store::client_config;
+using yutu::store::master_config;
+using yutu::store::master_state;
+using yutu::store::replicate_config;
+using yutu::test::fill_pattern;
+using yutu::test::fnv1a;
+
+namespace {
+
+constexpr std::uint64_t kib = 1024;
+constexpr std::uint64_t mib = 1024 * 1024;
+
+master_config quiet_master() {
+  master_config c;
+  c.client_ttl = std::chrono::hours(24);
+  c.seed = 7;
+  return c;
+}
+
+std::unique_ptr<client> make_client(master_state& m, std::uint64_t memory, std::vector<std::string> transports = {},
+                                    std::size_t replicas = 1) {
+  client_config c;
+  c.global_segment_size = memory;
+  c.transports = std::move(transports);
+  c.replica_defaults.replica_num = replicas;
+  c.transfer_deadline = 5s;
+  c.engine_threads = 1;
+  auto r = client::create(c, m);
+  REQUIRE(r);
+  return std::move(*r);
+}
+
+std::vector<std::byte> pattern(std::size_t n, unsigned seed) {
+  std::vector<std::byte> v(n);
+  fill_pattern(v.data(), n, seed);
+  return v;
+}
+
+replicate_config replicas(std::size_t n) {
+  replicate_config c;
+  c.replica_num = n;
+  return c;
+}
+
+// Page-aligned memory the tests register with a client.
+struct buffer {
+  std::byte* p;
+  std::size_t n;
+  explicit buffer(std::size_t size) : p(static_cast<std::byte*>(std::aligned_alloc(4096, (size + 4095) / 4096 * 4096))), n(size) {}
+  ~buffer() { std::free(p); }
+  buffer(const buffer&) = delete;
+  buffer& operator=(const buffer&) = delete;
+};
+
+}  // namespace
+
+TEST_CASE("put, get, exist, get_size and remove, with typed errors") {
+  master_state m(quiet_master());
+  auto a = make_client(m, 32 * mib);
+  yutu::io::reactor r;
+  auto v = pattern(100 * kib + 3, 1);
+  REQUIRE(r.block_on(a->put("k1", v)));
+
+  auto got = r.block_on(a->get("k1"));
+  REQUIRE(got);
+  CHECK(*got == v);
+  CHECK(r.block_on(a->get_size("k1")).value() == v.size());
+  CHECK(r.block_on(a->exist("k1")).value());
+  CHECK_FALSE(r.block_on(a->exist("nope")).value());
+
+  // A miss is an error, never an empty value.
+  auto miss = r.block_on(a->get("nope"));
+  REQUIRE_FALSE(miss);
+  CHECK(miss.error() == errc::object_not_found);
+  // A second put of a key is refused, and the first value stays.
+  auto again = r.block_on(a->put("k1", pattern(10, 2)));
+  REQUIRE_FALSE(again);
+  CHECK(again.error() == errc::object_already_exists);
+  CHECK(r.block_on(a->get("k1")).value() == v);
+  // upsert replaces it.
+  auto w = pattern(5000, 3);
+  REQUIRE(r.block_on(a->upsert("k1", w)));
+  CHECK(r.block_on(a->get("k1")).value() == w);
+
+  // A lease taken by the get above protects the object from a plain remove; force removes it.
+  auto rm = r.block_on(a->remove("k1"));
+  if (!rm) {
+    CHECK(rm.error() == errc::object_has_lease);
+    REQUIRE(r.block_on(a->remove("k1", true)));
+  }
+  CHECK(r.block_on(a->get("k1")).error() == errc::object_not_found);
+  CHECK(r.block_on(a->remove("k1", true)).error() == errc::object_not_found);
+
+  // An empty value is not an object.
+  CHECK(r.block_on(a->put("empty", std::span<const std::byte>())).error() == errc::invalid_params);
+}
+
+TEST_CASE("put_from and get_into: registered memory only, buffer_overflow leaves the destination alone") {
+  master_state m(quiet_master());
+  auto node = make_client(m, 32 * mib);
+  auto c = make_client(m, 0);
+  yutu::io::reactor r;
+  buffer src(1 * mib), dst(1 * mib), stray(4096);
+  fill_pattern(src.p, src.n, 5);
+
+  auto unreg = r.block_on(c->put_from("x", src.p, src.n));
+  REQUIRE_FALSE(unreg);
+  CHECK(unreg.error() == errc::invalid_params);
+
+  REQUIRE(c->register_buffer(src.p, src.n));
+  REQUIRE(c->register_buffer(dst.p, dst.n));
+  REQUIRE(r.block_on(c->put_from("x", src.p + 7, 300 * kib)));
+  CHECK(r.block_on(c->get_into("x", stray.p, stray.n)).error() == errc::invalid_params);
+
+  std::memset(dst.p, 0xAB, dst.n);
+  auto small = r.block_on(c->get_into("x", dst.p, 300 * kib - 1));
+  REQUIRE_FALSE(small);
+  CHECK(small.error() == errc::buffer_overflow);
+  CHECK(dst.p[0] == std::byte{0xAB});
+
+  auto n = r.block_on(c->get_into("x", dst.p + 1, dst.n - 1));
+  REQUIRE(n);
+  CHECK(*n == 300 * kib);
+  CHECK(std::memcmp(dst.p + 1, src.p + 7, 300 * kib) == 0);
+  CHECK(r.block_on(c->get_into("missing", dst.p, dst.n)).error() == errc::object_not_found);
+
+  // A range that runs past the registered buffer is not registered.
+  CHECK(r.block_on(c->put_from("y", src.p + 1, src.n)).error() == errc::invalid_params);
+  REQUIRE(c->unregister_buffer(src.p));
+  CHECK(r.block_on(c->put_from("y", src.p, 10)).error() == errc::invalid_params);
+
+  // The local buffer is registered memory too.
+  client_config lc;
+  lc.local_buffer_size = 64 * kib;
+  auto l = client::create(lc, m);
+  REQUIRE(l);
+  auto lb = (*l)->local_buffer();
+  REQUIRE(lb.size() == 64 * kib);
+  fill_pattern(lb.data(), 1000, 9);
+  REQUIRE(r.block_on((*l)->put_from("z", lb.data(), 1000)));
+  std::memset(lb.data(), 0, 1000);
+  CHECK(r.block_on((*l)->get_into("z", lb.data() + 4096, 60 * kib)).value() == 1000);
+  CHECK(fnv1a(lb.data() + 4096, 1000) == [] {
+    std::vector<std::byte> v(1000);
+    fill_pattern(v.data(), 1000, 9);
+    return fnv1a(v.data(), 1000);
+  }());
+}
+
+TEST_CASE("batches over two nodes with two replicas; every key's result is its own") {
+  master_state m(quiet_master());
+  auto a = make_client(m, 16 * mib, {}, 2);
+  auto b = make_client(m, 16 * mib, {}, 2);
+  auto c = make_client(m, 0, {"tcp"}, 2);  // reads and writes both nodes over tcp
+  yutu::io::reactor r;
+  const std::size_t n = 32, each = 64 * kib + 1;
+  buffer src(n * each), dst(n * each);
+  REQUIRE(c->register_buffer(src.p, src.n));
+  REQUIRE(c->register_buffer(dst.p, dst.n));
+  fill_pattern(src.p, src.n, 11);
+  std::vector<std::string> keys;
+  std::vector<const void*> srcs;
+  std::vector<void*> dsts;
+  std::vector<std::uint64_t> sizes;
+  for (std::size_t i = 0; i < n; ++i) {
+    keys.push_back("blk-" + std::to_string(i));
+    srcs.push_back(src.p + i * each);
+    dsts.push_back(dst.p + i * each);
+    sizes.push_back(each);
+  }
+  auto put = r.block_on(c->batch_put_from(keys, srcs, sizes));
+  REQUIRE(put.size() == n);
+  for (auto& p : put) CHECK(p);
+  // A batch where some keys exist already and one source is not registered.
+  std::vector<std::string> mixed{"blk-0", "fresh", "bad"};
+  buffer stray(64);
+  std::vector<const void*> msrc{src.p, src.p, stray.p};
+  std::vector<std::uint64_t> msz{10, 10, 10};
+  auto mres = r.block_on(c->batch_put_from(mixed, msrc, msz));
+  CHECK(mres[0].error() == errc::object_already_exists);
+  CHECK(mres[1]);
+  CHECK(mres[2].error() == errc::invalid_params);
+
+  auto got = r.block_on(c->batch_get_into(keys, dsts, sizes));
+  for (std::size_t i = 0; i < n; ++i) {
+    REQUIRE(got[i]);
+    CHECK(*got[i] == each);
+  }
+  CHECK(std::memcmp(src.p, dst.p, n * each) == 0);
+
+  // Both nodes hold a replica of every object: each contributed about half the bytes... at least some.
+  auto info = m.metrics();
+  CHECK(info.key_count == n + 1);
+  CHECK(info.allocated >= 2 * n * each);
+
+  auto ex = r.block_on(c->batch_exist(std::vector<std::string>{"blk-3", "nope", "fresh"}));
+  CHECK(ex[0].value());
+  CHECK_FALSE(ex[1].value());
+  CHECK(ex[2].value());
+
+  std::vector<std::string> mk{"blk-0", "nope", "blk-2"};
+  std::vector<void*> md{dst.p, dst.p + each, dst.p + 2 * each};
+  std::vector<std::uint64_t> ms{each, each, 10};
+  auto mget = r.block_on(c->batch_get_into(mk, md, ms));
+  CHECK(mget[0].value() == each);
+  CHECK(mget[1].error() == errc::object_not_found);
+  CHECK(mget[2].error() == errc::buffer_overflow);
+
+  // Copying forms.
+  std::vector<std::vector<std::byte>> vals{pattern(10, 1), pattern(70000, 2), {}};
+  std::vector<std::span<const std::byte>> spans(vals.begin(), vals.end());
+  std::vector<std::string> vk{"v0", "v1", "v2"};
+  auto vp = r.block_on(c->batch_put(vk, spans));
+  CHECK(vp[0]);
+  CHECK(vp[1]);
+  CHECK(vp[2].error() == errc::invalid_params);
+  auto vg = r.block_on(a->batch_get(std::vector<std::string>{"v0", "v1", "v2"}));
+  CHECK(vg[0].value() == vals[0]);
+  CHECK(vg[1].value() == vals[1]);
+  CHECK(vg[2].error() == errc::object_not_found);
+
+  auto rm = r.block_on(c->batch_remove(std::vector<std::string>{"v0", "nope"}, true));
+  CHECK(rm[0]);
+  CHECK(rm[1].error() == errc::object_not_found);
+  auto all = r.block_on(c->remove_all(true));
+  REQUIRE(all);
+  CHECK(*all == n + 1 + 1);
+  CHECK(m.metrics().key_count == 0);
+}
+
+TEST_CASE("multi-buffer objects gather on put and scatter on get") {
+  master_state m(quiet_master());
+  auto a = make_client(m, 16 * mib);
+  yutu::io::reactor r;
+  buffer src(256 * kib), dst(256 * kib);
+  REQUIRE(a->register_buffer(src.p, src.n));
+  REQUIRE(a->register_buffer(dst.p, dst.n));
+  fill_pattern(src.p, src.n, 21);
+  // Object k0 = src[0, 1000) + src[5000, 5000+3000); k1 = src[10000, 10000+70000)
+  std::vector<std::string> keys{"k0", "k1"};
+  std::vector<std::vector<const void*>> srcs{{src.p, src.p + 5000}, {src.p + 10000}};
+  std::vector<std::vector<std::uint64_t>> sizes{{1000, 3000}, {70000}};
+  for (auto& p : r.block_on(a->batch_put_from_multi_buffers(keys, srcs, sizes, replicas(1)))) CHECK(p);
+  CHECK(r.block_on(a->get_size("k0")).value() == 4000);
+  // Scatter k0 into 3 pieces, k1 into 2.
+  std::vector<std::vector<void*>> dsts{{dst.p, dst.p + 2000, dst.p + 9000}, {dst.p + 20000, dst.p + 100000}};
+  std::vector<std::vector<std::uint64_t>> dsz{{500, 3000, 1000}, {35000, 40000}};
+  auto got = r.block_on(a->batch_get_into_multi_buffers(keys, dsts, dsz));
+  CHECK(got[0].value() == 4000);
+  CHECK(got[1].value() == 70000);
+  CHECK(std::memcmp(dst.p, src.p, 500) == 0);
+  CHECK(std::memcmp(dst.p + 2000, src.p + 500, 500) == 0);
+  CHECK(std::memcmp(dst.p + 2500, src.p + 5000, 2500) == 0);
+  CHECK(std::memcmp(dst.p + 9000, src.p + 7500, 500) == 0);
+  CHECK(std::memcmp(dst.p + 20000, src.p + 10000, 35000) == 0);
+  CHECK(std::memcmp(dst.p + 100000, src.p + 45000, 35000) == 0);
+  std::vector<std::vector<std::uint64_t>> tiny{{500, 3000, 499}, {35000, 40000}};
+  CHECK(r.block_on(a->batch_get_into_multi_buffers(keys, dsts, tiny))[0].error() == errc::buffer_overflow);
+}
+
+TEST_CASE("match_prefix counts leading hits; load_prefix reads them in the same round trip") {
+  master_state m(quiet_master());
+  auto a = make_client(m, 16 * mib);
+  yutu::io::reactor r;
+  const std::size_t block = 32 * kib;
+  buffer src(8 * block), dst(8 * block);
+  REQUIRE(a->register_buffer(src.p, src.n));
+  REQUIRE(a->register_buffer(dst.p, dst.n));
+  fill_pattern(src.p, src.n, 31);
+  std::vector<std::string> keys;
+  for (int i = 0; i < 8; ++i) keys.push_back("model@tp0@" + std::to_string(1000 + i));
+  // Blocks 0..4 and 6 exist: the prefix is 5 long.
+  for (int i : {0, 1, 2, 3, 4, 6}) REQUIRE(r.block_on(a->put_from(keys[i], src.p + i * block, block)));
+  CHECK(r.block_on(a->match_prefix(keys)).value() == 5);
+  CHECK(r.block_on(a->match_prefix(std::span(keys).subspan(5))).value() == 0);
+  CHECK(r.block_on(a->match_prefix(std::span<const std::string>())).value() == 0);
+
+  std::vector<void*> dsts;
+  std::vector<std::uint64_t> sizes(8, block);
+  for (int i = 0; i < 8; ++i) dsts.push_back(dst.p + i * block);
+  auto loaded = r.block_on(a->load_prefix(keys, dsts, sizes));
+  REQUIRE(loaded);
+  CHECK(*loaded == 5);
+  CHECK(std::memcmp(dst.p, src.p, 5 * block) == 0);
+  // The leases taken by the match protect the prefix from a plain remove.
+  CHECK(r.block_on(a->remove(keys[0])).error() == errc::object_has_lease);
+}
+
+TEST_CASE("a replica whose node is gone: reads fail over to the other one; puts there are revoked") {
+  master_state m(quiet_master());
+  auto a = make_client(m, 16 * mib);
+  // A node that will vanish without unmounting: a bare engine whose memory is mounted by hand.
+  yutu::transfer::engine_config xc;
+  xc.threads = 1;
+  auto x = yutu::transfer::engine::create(xc);
+  REQUIRE(x);
+  auto xmem = (*x)->allocate_shared(16 * mib);
+  REQUIRE(xmem);
+  yutu::store::segment_info xs;
+  xs.engine_segment = (*x)->segment_name();
+  xs.name = xs.engine_segment + "/x";
+  xs.host = "127.0.0.1";
+  xs.base = reinterpret_cast<std::uint64_t>(*xmem);
+  xs.size = 16 * mib;
+  REQUIRE(yutu::sync_wait(m.mount_segment("node-x", xs)));
+  // The reader speaks tcp only: a dead process is then a refused connection, as from another host.
+  auto c = make_client(m, 0, {"tcp"}, 2);
+  yutu::io::reactor r;
+
+  const int n = 20;
+  std::vector<std::vector<std::byte>> vals;
+  for (int i = 0; i < n; ++i) {
+    vals.push_back(pattern(8 * kib + i, 40 + i));
+    REQUIRE(r.block_on(c->put("f" + std::to_string(i), vals.back())));
+  }
+  for (int i = 0; i < n; ++i) CHECK(r.block_on(c->get("f" + std::to_string(i))).value() == vals[i]);
+  CHECK(c->stats().failovers == 0);
+
+  x->reset();  // the node dies; the master still lists its replicas
+  for (int round = 0; round < 2; ++round)
+    for (int i = 0; i < n; ++i) {
+      auto g = r.block_on(c->get("f" + std::to_string(i)));
+      REQUIRE(g);
+      CHECK(*g == vals[i]);
+    }
+  CHECK(c->stats().failovers >= 1);
+
+  // Puts that place a replica on the dead node fail typed and leave nothing behind.
+  int failed = 0;
+  for (int i = 0; i < 10; ++i) {
+    std::string k = "p" + std::to_string(i);
+    auto p = r.block_on(c->put(k, pattern(1000, 7)));
+    if (!p) {
+      ++failed;
+      CHECK((p.error() == te_errc::peer_unreachable || p.error() == te_errc::stale_segment ||
+             p.error() == te_errc::no_transport));
+      CHECK_FALSE(r.block_on(c->exist(k)).value());
+    }
+  }
+  CHECK(failed == 10);  // two replicas over two segments: the dead one is always chosen
+  CHECK(c->stats().revokes == 10);
+  // Once the node is unmounted, puts succeed again with the replicas there are.
+  REQUIRE(yutu::sync_wait(m.unmount_segment("node-x", xs.name)));
+  CHECK(r.block_on(c->put("after", pattern(1000, 8))));
+  CHECK(r.block_on(c->get("f0")).value() == vals[0]);
+}
+
+TEST_CASE("eviction under pressure: puts keep succeeding, the oldest objects go") {
+  master_config mc = quiet_master();
+  auto m = std::make_unique<master_state>(mc);
+  auto a = make_client(*m, 4 * mib);
+  yutu::io::reactor r;
+  const std::size_t each = 256 * kib, count = 64;  // 16 MiB into 4 MiB
+  auto v = pattern(each, 3);
+  for (std::size_t i = 0; i < count; ++i) {
+    auto p = r.block_on(a->put("e" + std::to_string(i), v));
+    REQUIRE_MESSAGE(p, "put " << i << ": " << p.error().message());
+  }
+  CHECK_FALSE(r.block_on(a->exist("e0")).value());
+  CHECK(r.block_on(a->get("e" + std::to_string(count - 1))).value() == v);
+  CHECK(m->metrics().evicted_keys >= count - 16);
+}
+
+TEST_CASE("concurrent puts of one key: exactly one wins, the others are told it exists") {
+  master_state m(quiet_master());
+  auto a = make_client(m, 16 * mib);
+  auto b = make_client(m, 0, {"tcp"});
+  yutu::io::reactor r;
+  std::vector<std::vector<std::byte>> vals;
+  for (int i = 0; i < 8; ++i) vals.push_back(pattern(200 * kib, 60 + i));
+  std::vector<task<result<void>>> puts;
+  for (int i = 0; i < 8; ++i) puts.push_back((i % 2 ? a : b)->put("same", vals[i]));
+  auto res = r.block_on(yutu::when_all(std::move(puts)));
+  int won = -1, lost = 0;
+  for (int i = 0; i < 8; ++i) {
+    if (res[i]) {
+      CHECK(won == -1);
+      won = i;
+    } else {
+      CHECK(res[i].error() == errc::object_already_exists);
+      ++lost;
+    }
+  }
+  REQUIRE(won >= 0);
+  CHECK(lost == 7);
+  CHECK(r.block_on(b->get("same")).value() == vals[won]);
+}
+
+TEST_CASE("an expired client re-mounts its segments on its next heartbeat; close unmounts them") {
+  master_config mc = quiet_master();
+  mc.client_ttl = 200ms;
+  mc.stall_threshold = std::chrono::milliseconds(0);
+  yutu::store::manual_clock clock;
+  master_state m(mc, clock.fn());
+  client_config cc;
+  cc.global_segment_size = 8 * mib;
+  cc.max_segment_size = 4 * mib;  // two segments
+  cc.heartbeat_interval = 10ms;
+  auto a = client::create(cc, m);
+  REQUIRE(a);
+  CHECK((*a)->segments().size() == 2);
+  CHECK(m.metrics().segment_count == 2);
+  yutu::io::reactor r;
+  REQUIRE(r.block_on((*a)->put("before", pattern(1000, 1))));
+
+  clock.advance(1s);  // silent past its TTL: the master forgets it and its objects
+  m.tick();
+  CHECK(m.metrics().expired_clients == 1);
+  CHECK_FALSE(r.block_on((*a)->exist("before")).value());
+  // Heartbeats run every 10 ms on the client's own thread; wait for the re-mount (bounded).
+  for (int i = 0; i < 500 && (*a)->stats().remounts < 2; ++i) std::this_thread::sleep_for(5ms);
+  CHECK((*a)->stats().remounts >= 2);
+  CHECK(m.metrics().segment_count == 2);
+  REQUIRE(r.block_on((*a)->put("after", pattern(1000, 2))));
+
+  REQUIRE(r.block_on((*a)->close()));
+  CHECK(m.metrics().segment_count == 0);
+  CHECK(r.block_on((*a)->get("after")).error() == errc::closed);
+  CHECK(r.block_on((*a)->close()));  // idempotent
+}
+
+TEST_CASE("from a plain thread through sync_wait, and an object larger than any staging buffer") {
+  master_state m(quiet_master());
+  auto a = make_client(m, 80 * mib);
+  auto b = make_client(m, 0);
+  const std::size_t big = 64 * mib + 5;
+  buffer src(big), dst(big);
+  REQUIRE(b->register_buffer(src.p, src.n));
+  REQUIRE(b->register_buffer(dst.p, dst.n));
+  fill_pattern(src.p, 1 * mib, 77);
+  std::memcpy(src.p + big - 1 * mib, src.p, 1 * mib);
+  REQUIRE(yutu::sync_wait(b->put_from("big", src.p, big)));
+  CHECK(yutu::sync_wait(b->get_into("big", dst.p, big)).value() == big);
+  CHECK(std::memcmp(dst.p, src.p, 1 * mib) == 0);
+  CHECK(std::memcmp(dst.p + big - 1 * mib, src.p + big - 1 * mib, 1 * mib) == 0);
+}
+
+TEST_CASE("embedded mode: master, metadata and RPC servers, a storage node; clients in and out of process") {
+  yutu::store::embedded_config ec;
+  ec.memory = 16 * mib;
+  auto s = yutu::store::embedded::create(ec);
+  REQUIRE(s);
+  REQUIRE((*s)->node() != nullptr);
+  CHECK((*s)->metadata().starts_with("http://"));
+  CHECK_FALSE((*s)->master_address().empty());
+  auto in = (*s)->connect({});
+  REQUIRE(in);
+  yutu::io::reactor r;
+  auto v = pattern(100 * kib, 5);
+  REQUIRE(r.block_on((*in)->put("emb", v)));
+
+  // A client that reaches the master over RPC and the node through the HTTP metadata server, as a
+  // client of another process would.
+  client_config rc;
+  rc.master = (*s)->master_address();
+  rc.metadata = (*s)->metadata();
+  rc.transports = {"tcp"};
+  auto out = client::create(rc);
+  REQUIRE(out);
+  CHECK(r.block_on((*out)->get("emb")).value() == v);
+  REQUIRE(r.block_on((*out)->put("from-rpc", v)));
+  CHECK(r.block_on((*in)->get("from-rpc")).value() == v);
+  CHECK(r.block_on((*out)->get("nope")).error() == errc::object_not_found);
+  out->reset();
+  in->reset();
+}
+
+TEST_CASE("sizes parse in binary and decimal units") {
+  using yutu::store::parse_size;
+  CHECK(parse_size("4096").value() == 4096);
+  CHECK(parse_size("64MiB").value() == 64 * mib);
+  CHECK(parse_size("1GiB").value() == 1024 * mib);
+  CHECK(parse_size("1G").value() == 1024 * mib);
+  CHECK(parse_size("1.5 KiB").value() == 1536);
+  CHECK(parse_size("2GB").value() == 2'000'000'000);
+  CHECK_FALSE(parse_size("lots"));
+  CHECK_FALSE(parse_size("12 parsecs"));
+  CHECK_FALSE(parse_size(""));
+  CHECK_FALSE(parse_size("-1"));
+}
