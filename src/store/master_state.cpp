@@ -1,0 +1,1137 @@
+// master_state: the bookkeeping behind master_service, guarded by one mutex.
+#include "yutu/store/master_state.hpp"
+
+#include <algorithm>
+#include <mutex>
+#include <optional>
+#include <queue>
+#include <random>
+#include <stdexcept>
+#include <unordered_map>
+#include <utility>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "yutu/store/allocator.hpp"
+#include "yutu/store/placement.hpp"
+
+namespace yutu::store {
+
+std::string_view to_string(master_op op) noexcept {
+  switch (op) {
+    case master_op::mount_segment: return "mount_segment";
+    case master_op::unmount_segment: return "unmount_segment";
+    case master_op::ping: return "ping";
+    case master_op::put_start: return "put_start";
+    case master_op::put_end: return "put_end";
+    case master_op::put_revoke: return "put_revoke";
+    case master_op::upsert_start: return "upsert_start";
+    case master_op::batch_put_start: return "batch_put_start";
+    case master_op::batch_put_end: return "batch_put_end";
+    case master_op::batch_put_revoke: return "batch_put_revoke";
+    case master_op::get_replica_list: return "get_replica_list";
+    case master_op::batch_get_replica_list: return "batch_get_replica_list";
+    case master_op::match_prefix: return "match_prefix";
+    case master_op::exist_key: return "exist_key";
+    case master_op::batch_exist_key: return "batch_exist_key";
+    case master_op::get_size: return "get_size";
+    case master_op::remove: return "remove";
+    case master_op::batch_remove: return "batch_remove";
+    case master_op::remove_all: return "remove_all";
+    case master_op::count_: break;
+  }
+  return "unknown";
+}
+
+namespace {
+
+using ms = std::chrono::milliseconds;
+
+struct string_hash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+};
+
+template <class V>
+using string_map = std::unordered_map<std::string, V, string_hash, std::equal_to<>>;
+
+struct replica_slot {
+  std::uint32_t segment = 0;
+  std::uint32_t generation = 0;
+  allocation alloc;
+};
+
+// One write of an object: its replicas and what its put asked for.
+struct version {
+  std::vector<replica_slot> replicas;
+  std::uint64_t size = 0;
+  client_id writer;
+  time_point started{};
+  bool hard_pin = false;
+  std::chrono::milliseconds soft_pin_ttl{0};  // 0: not soft-pinned
+  std::string group;
+};
+
+struct object_entry {
+  const std::string* key = nullptr;
+  version cur;            // readable once `complete`
+  bool complete = false;  // false: the first put is in flight
+  std::unique_ptr<version> pending;  // an upsert in flight over a complete object
+  time_point lease_until{};
+  time_point soft_pin_until{};
+  time_point last_access{};
+  // Exact LRU over complete objects, oldest at the head.
+  object_entry* lru_prev = nullptr;
+  object_entry* lru_next = nullptr;
+  bool in_lru = false;
+  // In-flight writes (first put or upsert) in start order, for the discard timeout.
+  object_entry* fl_prev = nullptr;
+  object_entry* fl_next = nullptr;
+  bool in_flight_list = false;
+  std::size_t group_pos = 0;
+  bool victim = false;  // scratch mark of an eviction round
+
+  bool in_flight() const noexcept { return !complete || pending != nullptr; }
+  time_point flight_started() const noexcept { return pending ? pending->started : cur.started; }
+};
+
+struct segment_entry {
+  segment_info info;
+  client_id owner;
+  std::uint32_t host = 0;
+  std::uint32_t generation = 0;
+  bool mounted = false;
+  std::unique_ptr<offset_allocator> alloc;
+  time_point last_watermark_eviction{};
+};
+
+struct client_entry {
+  time_point last_seen{};
+  std::vector<std::uint32_t> segments;
+};
+
+struct deferred_free {
+  time_point at{};
+  std::uint32_t segment = 0;
+  std::uint32_t generation = 0;
+  allocation alloc;
+  bool operator>(const deferred_free& o) const noexcept { return at > o.at; }
+};
+
+template <class T>
+void record(master_metrics& m, master_op op, const result<T>& r) {
+  ++m.requests[static_cast<std::size_t>(op)];
+  if (!r) ++m.failures[static_cast<std::size_t>(op)];
+}
+
+template <class T>
+void record_batch(master_metrics& m, master_op op, const std::vector<result<T>>& rs) {
+  const auto i = static_cast<std::size_t>(op);
+  ++m.requests[i];
+  m.items[i] += rs.size();
+  std::uint64_t failed = 0;
+  for (const auto& r : rs) failed += r ? 0 : 1;
+  m.failed_items[i] += failed;
+  if (failed > 0) ++m.failures[i];
+}
+
+}  // namespace
+
+struct master_state::impl {
+  master_config cfg;
+  clock_fn clock;
+  placement_strategy strategy = placement_strategy::random;
+  mutable std::mutex mu;
+
+  std::vector<segment_entry> segments;  // index = segment slot id
+  std::vector<std::uint32_t> free_slots;
+  string_map<std::uint32_t> segment_by_name;
+  string_map<std::uint32_t> host_ids;
+  std::vector<placement_target> targets;  // mounted segments, rebuilt on mount/unmount
+  std::vector<std::uint32_t> target_of_slot;
+  std::uint64_t max_capacity = 0;  // of one mounted segment
+  placer placer_;
+  std::vector<placed_replica> placed;     // scratch
+  std::vector<std::uint32_t> preferred;   // scratch
+
+  string_map<object_entry> objects;
+  object_entry* lru_head = nullptr;
+  object_entry* lru_tail = nullptr;
+  object_entry* fl_head = nullptr;
+  object_entry* fl_tail = nullptr;
+  string_map<std::vector<object_entry*>> groups;
+
+  string_map<client_entry> clients;
+  std::priority_queue<deferred_free, std::vector<deferred_free>, std::greater<>> deferred;
+  time_point last_maintenance{};
+  bool maintained_once = false;
+
+  master_metrics m;
+
+  impl(master_config c, clock_fn fn) : cfg(std::move(c)), clock(std::move(fn)) {
+    if (!clock) clock = [] { return master_clock::now(); };
+    auto s = parse_placement_strategy(cfg.placement_strategy);
+    if (!s) throw std::invalid_argument("master_config: unknown placement strategy " + cfg.placement_strategy);
+    strategy = *s;
+    if (cfg.allocator_alignment == 0 || (cfg.allocator_alignment & (cfg.allocator_alignment - 1)) != 0) {
+      throw std::invalid_argument("master_config: allocator_alignment must be a power of two");
+    }
+    if (!(cfg.eviction_ratio >= 0 && cfg.eviction_ratio <= 1) ||
+        !(cfg.eviction_high_watermark_ratio >= 0 && cfg.eviction_high_watermark_ratio <= 1)) {
+      throw std::invalid_argument("master_config: eviction ratios must lie in [0, 1]");
+    }
+    std::uint64_t seed = cfg.seed;
+    if (seed == 0) seed = (std::uint64_t{std::random_device{}()} << 32) | std::random_device{}();
+    placer_ = placer(seed);
+  }
+
+  // --- segments ---------------------------------------------------------------------------------
+
+  void rebuild_targets() {
+    targets.clear();
+    max_capacity = 0;
+    target_of_slot.assign(segments.size(), UINT32_MAX);
+    for (std::uint32_t i = 0; i < segments.size(); ++i) {
+      const segment_entry& s = segments[i];
+      if (!s.mounted) continue;
+      target_of_slot[i] = static_cast<std::uint32_t>(targets.size());
+      targets.push_back(placement_target{s.alloc.get(), i, s.host});
+      max_capacity = std::max(max_capacity, s.alloc->capacity());
+    }
+  }
+
+  std::uint32_t host_id(std::string_view host) {
+    auto it = host_ids.find(host);
+    if (it != host_ids.end()) return it->second;
+    const auto id = static_cast<std::uint32_t>(host_ids.size());
+    host_ids.emplace(std::string(host), id);
+    return id;
+  }
+
+  void free_now(const replica_slot& r) {
+    segment_entry& s = segments[r.segment];
+    if (s.mounted && s.generation == r.generation) s.alloc->free(r.alloc);
+  }
+
+  // Frees at `at`, or now if that has passed: memory someone may still touch waits until then.
+  void free_at(const std::vector<replica_slot>& rs, time_point at, time_point now) {
+    for (const replica_slot& r : rs) {
+      if (at <= now) {
+        free_now(r);
+      } else {
+        deferred.push(deferred_free{at, r.segment, r.generation, r.alloc});
+      }
+    }
+  }
+
+  void run_deferred(time_point now) {
+    while (!deferred.empty() && deferred.top().at <= now) {
+      const deferred_free d = deferred.top();
+      deferred.pop();
+      free_now(replica_slot{d.segment, d.generation, d.alloc});
+    }
+  }
+
+  result<void> mount(const client_id& client, const segment_info& seg, time_point now) {
+    if (seg.name.empty() || seg.size == 0 || client.empty()) return fail(errc::invalid_params);
+    if (auto it = segment_by_name.find(seg.name); it != segment_by_name.end()) {
+      const segment_entry& s = segments[it->second];
+      if (s.owner == client && s.info.base == seg.base && s.info.size == seg.size &&
+          s.info.engine_segment == seg.engine_segment) {
+        clients[client].last_seen = now;
+        return ok();
+      }
+      return fail(errc::segment_already_exists);
+    }
+    auto alloc = std::make_unique<offset_allocator>(seg.base, seg.size, cfg.allocator_alignment);
+    if (alloc->capacity() == 0) return fail(errc::invalid_params);
+    std::uint32_t slot;
+    if (!free_slots.empty()) {
+      slot = free_slots.back();
+      free_slots.pop_back();
+    } else {
+      slot = static_cast<std::uint32_t>(segments.size());
+      segments.emplace_back();
+    }
+    segment_entry& s = segments[slot];
+    s.info = seg;
+    s.owner = client;
+    s.host = host_id(seg.host);
+    s.mounted = true;
+    s.alloc = std::move(alloc);
+    s.last_watermark_eviction = time_point{};
+    segment_by_name.emplace(seg.name, slot);
+    client_entry& c = clients[client];
+    c.last_seen = now;
+    c.segments.push_back(slot);
+    rebuild_targets();
+    return ok();
+  }
+
+  // Drops every replica in the segment, then the segment.
+  void unmount_slot(std::uint32_t slot) {
+    const auto drop = [slot](std::vector<replica_slot>& rs) {
+      std::erase_if(rs, [slot](const replica_slot& r) { return r.segment == slot; });
+    };
+    for (auto it = objects.begin(); it != objects.end();) {
+      object_entry& o = it->second;
+      drop(o.cur.replicas);
+      if (o.pending) {
+        drop(o.pending->replicas);
+        if (o.pending->replicas.empty()) {
+          o.pending.reset();
+          unlink_flight(o);
+        }
+      }
+      if (o.cur.replicas.empty()) {
+        // Whatever is left of an upsert in flight has nothing to replace: drop it too.
+        detach(o);
+        if (o.pending) free_at(o.pending->replicas, o.pending->started + cfg.put_start_discard_timeout, clock());
+        it = objects.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    segment_entry& s = segments[slot];
+    segment_by_name.erase(s.info.name);
+    if (auto c = clients.find(s.owner); c != clients.end()) std::erase(c->second.segments, slot);
+    s.mounted = false;
+    ++s.generation;
+    s.alloc.reset();
+    s.owner.clear();
+    free_slots.push_back(slot);
+    rebuild_targets();
+  }
+
+  // --- clients and maintenance ------------------------------------------------------------------
+
+  void maintain(time_point now) {
+    if (maintained_once && now - last_maintenance < cfg.maintenance_interval) {
+      run_deferred(now);
+      return;
+    }
+    tick_locked(now);
+  }
+
+  void tick_locked(time_point now) {
+    if (maintained_once && cfg.stall_threshold.count() > 0 && now - last_maintenance > cfg.stall_threshold) {
+      // The master itself was not running: nobody could have heard the clients' heartbeats.
+      const auto gap = now - last_maintenance;
+      for (auto& [id, c] : clients) c.last_seen += gap;
+      ++m.forgiven_stalls;
+    }
+    last_maintenance = now;
+    maintained_once = true;
+    for (auto it = clients.begin(); it != clients.end();) {
+      if (now - it->second.last_seen > cfg.client_ttl) {
+        const std::vector<std::uint32_t> segs = it->second.segments;
+        for (const std::uint32_t s : segs) unmount_slot(s);
+        it = clients.erase(it);
+        ++m.expired_clients;
+      } else {
+        ++it;
+      }
+    }
+    // Writes abandoned for put_start_discard_timeout: their writer is gone, the memory can be reused.
+    while (fl_head && now - fl_head->flight_started() >= cfg.put_start_discard_timeout) {
+      object_entry& o = *fl_head;
+      ++m.discarded_puts;
+      if (o.pending) {
+        free_at(o.pending->replicas, now, now);
+        o.pending.reset();
+        unlink_flight(o);
+      } else {
+        erase_object(o, now, true);
+      }
+    }
+    run_deferred(now);
+  }
+
+  ping_result ping(const client_id& client, time_point now) {
+    ping_result r;
+    r.view_version = cfg.view_version;
+    auto [it, inserted] = clients.try_emplace(client);
+    it->second.last_seen = now;
+    r.need_remount = inserted;
+    return r;
+  }
+
+  // --- object lists -----------------------------------------------------------------------------
+
+  void lru_unlink(object_entry& o) noexcept {
+    if (!o.in_lru) return;
+    (o.lru_prev ? o.lru_prev->lru_next : lru_head) = o.lru_next;
+    (o.lru_next ? o.lru_next->lru_prev : lru_tail) = o.lru_prev;
+    o.lru_prev = o.lru_next = nullptr;
+    o.in_lru = false;
+  }
+
+  void touch(object_entry& o, time_point now) noexcept {
+    o.last_access = now;
+    lru_unlink(o);
+    o.lru_prev = lru_tail;
+    o.lru_next = nullptr;
+    (lru_tail ? lru_tail->lru_next : lru_head) = &o;
+    lru_tail = &o;
+    o.in_lru = true;
+  }
+
+  void link_flight(object_entry& o) noexcept {
+    o.fl_prev = fl_tail;
+    o.fl_next = nullptr;
+    (fl_tail ? fl_tail->fl_next : fl_head) = &o;
+    fl_tail = &o;
+    o.in_flight_list = true;
+  }
+
+  void unlink_flight(object_entry& o) noexcept {
+    if (!o.in_flight_list) return;
+    (o.fl_prev ? o.fl_prev->fl_next : fl_head) = o.fl_next;
+    (o.fl_next ? o.fl_next->fl_prev : fl_tail) = o.fl_prev;
+    o.fl_prev = o.fl_next = nullptr;
+    o.in_flight_list = false;
+  }
+
+  void group_add(object_entry& o) {
+    if (o.cur.group.empty()) return;
+    auto& members = groups[o.cur.group];
+    o.group_pos = members.size();
+    members.push_back(&o);
+  }
+
+  void group_remove(object_entry& o) {
+    if (o.cur.group.empty()) return;
+    auto it = groups.find(o.cur.group);
+    if (it == groups.end()) return;
+    auto& members = it->second;
+    if (o.group_pos < members.size() && members[o.group_pos] == &o) {
+      members[o.group_pos] = members.back();
+      members[o.group_pos]->group_pos = o.group_pos;
+      members.pop_back();
+    }
+    if (members.empty()) groups.erase(it);
+  }
+
+  // Out of every list; the replicas stay the caller's business.
+  void detach(object_entry& o) {
+    lru_unlink(o);
+    unlink_flight(o);
+    if (o.complete) group_remove(o);
+  }
+
+  // Removes the object, freeing its replicas now (`immediate`) or when nobody can touch them any
+  // more: a lease for the readable version, the discard timeout for a write in flight.
+  void erase_object(object_entry& o, time_point now, bool immediate) {
+    detach(o);
+    if (immediate) {
+      free_at(o.cur.replicas, now, now);
+      if (o.pending) free_at(o.pending->replicas, now, now);
+    } else {
+      if (o.complete) {
+        free_at(o.cur.replicas, o.lease_until, now);
+      } else {
+        free_at(o.cur.replicas, o.cur.started + cfg.put_start_discard_timeout, now);
+      }
+      if (o.pending) free_at(o.pending->replicas, o.pending->started + cfg.put_start_discard_timeout, now);
+    }
+    const std::string* key = o.key;
+    objects.erase(*key);
+  }
+
+  // --- placement and eviction -------------------------------------------------------------------
+
+  bool leased(const object_entry& o, time_point now) const noexcept { return o.lease_until > now; }
+  bool soft_pinned(const object_entry& o, time_point now) const noexcept { return o.soft_pin_until > now; }
+  bool is_protected(const object_entry& o, time_point now) const noexcept {
+    return !o.complete || o.pending || o.cur.hard_pin || leased(o, now);
+  }
+
+  static std::uint64_t bytes_in(const object_entry& o, std::optional<std::uint32_t> seg) noexcept {
+    std::uint64_t b = 0;
+    for (const replica_slot& r : o.cur.replicas) {
+      if (!seg || r.segment == *seg) b += r.alloc.size;
+    }
+    return b;
+  }
+
+  // Frees at least `target` bytes (counted in segment `seg` only, if given) in LRU order. Returns the
+  // bytes freed as counted.
+  std::uint64_t evict(std::uint64_t target, std::optional<std::uint32_t> seg, time_point now) {
+    ++m.attempted_evictions;
+    std::vector<object_entry*> victims;
+    std::uint64_t freed = 0;
+    for (const bool allow_soft : {false, true}) {
+      for (object_entry* o = lru_head; o && freed < target; o = o->lru_next) {
+        if (o->victim || is_protected(*o, now)) continue;
+        if (!allow_soft && soft_pinned(*o, now)) continue;
+        if (seg && bytes_in(*o, seg) == 0) continue;
+        if (o->cur.group.empty()) {
+          o->victim = true;
+          victims.push_back(o);
+          freed += bytes_in(*o, seg);
+          continue;
+        }
+        const auto& members = groups.at(o->cur.group);
+        const bool all_evictable = std::all_of(members.begin(), members.end(), [&](const object_entry* x) {
+          return x->victim || (!is_protected(*x, now) && (allow_soft || !soft_pinned(*x, now)));
+        });
+        if (!all_evictable) continue;
+        for (object_entry* x : members) {
+          if (x->victim) continue;
+          x->victim = true;
+          victims.push_back(x);
+          freed += bytes_in(*x, seg);
+        }
+      }
+    }
+    for (object_entry* o : victims) {
+      m.evicted_bytes += bytes_in(*o, std::nullopt);
+      erase_object(*o, now, true);
+    }
+    m.evicted_keys += victims.size();
+    if (!victims.empty()) ++m.successful_evictions;
+    return freed;
+  }
+
+  std::uint64_t total_capacity() const noexcept {
+    std::uint64_t c = 0;
+    for (const placement_target& t : targets) c += t.alloc->capacity();
+    return c;
+  }
+
+  void watermark_check(time_point now) {
+    if (!cfg.enable_eviction) return;
+    for (const placed_replica& p : placed) {
+      segment_entry& s = segments[p.segment];
+      const auto cap = static_cast<double>(s.alloc->capacity());
+      if (static_cast<double>(s.alloc->used()) <= cfg.eviction_high_watermark_ratio * cap) continue;
+      if (s.last_watermark_eviction != time_point{} && now - s.last_watermark_eviction < cfg.eviction_min_interval) {
+        continue;
+      }
+      s.last_watermark_eviction = now;
+      evict(static_cast<std::uint64_t>(cfg.eviction_ratio * cap), p.segment, now);
+    }
+  }
+
+  result<std::vector<replica_slot>> allocate_replicas(const client_id& client, std::uint64_t size,
+                                                      const replicate_config& rc, time_point now) {
+    // Larger than any segment: no eviction can help, so none is attempted.
+    if (targets.empty() || size > max_capacity) return fail(errc::no_available_handle);
+    placement_request req;
+    req.size = size;
+    req.replicas = rc.replica_num;
+    req.strategy = rc.prefer_local ? placement_strategy::local_first : strategy;
+    if (req.strategy == placement_strategy::local_first) {
+      if (!rc.local_host.empty()) {
+        if (auto h = host_ids.find(rc.local_host); h != host_ids.end()) req.local_host = h->second;
+      } else if (auto c = clients.find(client); c != clients.end() && !c->second.segments.empty()) {
+        req.local_host = segments[c->second.segments.front()].host;
+      }
+    }
+    preferred.clear();
+    for (const std::string& name : rc.preferred_segments) {
+      if (auto it = segment_by_name.find(name); it != segment_by_name.end()) {
+        preferred.push_back(target_of_slot[it->second]);
+        continue;
+      }
+      for (std::uint32_t t = 0; t < targets.size(); ++t) {
+        if (segments[targets[t].id].info.engine_segment == name) preferred.push_back(t);
+      }
+    }
+    req.preferred = preferred;
+
+    placed.clear();
+    placer_.place(targets, req, placed);
+    const std::size_t reachable = std::min(req.replicas, targets.size());
+    if (placed.size() < reachable && cfg.enable_eviction) {
+      const auto round = static_cast<std::uint64_t>(cfg.eviction_ratio * static_cast<double>(total_capacity()));
+      evict(std::max<std::uint64_t>(round, size * (reachable - placed.size())), std::nullopt, now);
+      placer_.place(targets, req, placed);
+    }
+    if (placed.empty()) return fail(errc::no_available_handle);
+    watermark_check(now);
+    std::vector<replica_slot> out;
+    out.reserve(placed.size());
+    for (const placed_replica& p : placed) out.push_back(replica_slot{p.segment, segments[p.segment].generation, p.alloc});
+    return out;
+  }
+
+  std::vector<replica_desc> describe(const std::vector<replica_slot>& rs, replica_status st) const {
+    std::vector<replica_desc> out;
+    out.reserve(rs.size());
+    for (const replica_slot& r : rs) {
+      const segment_entry& s = segments[r.segment];
+      out.push_back(replica_desc{s.info.name, s.info.engine_segment, r.alloc.addr, r.alloc.size, st});
+    }
+    return out;
+  }
+
+  // --- operations (lock held) -------------------------------------------------------------------
+
+  static bool stale(const object_entry& o, const master_config& c, time_point now) noexcept {
+    return now - o.flight_started() >= c.put_start_timeout;
+  }
+
+  version make_version(const client_id& client, std::uint64_t size, const replicate_config& rc, time_point now,
+                       std::vector<replica_slot> rs) const {
+    version v;
+    v.replicas = std::move(rs);
+    v.size = size;
+    v.writer = client;
+    v.started = now;
+    v.hard_pin = rc.with_hard_pin;
+    if (rc.with_soft_pin) {
+      v.soft_pin_ttl = rc.soft_pin_ttl.count() > 0 ? rc.soft_pin_ttl : cfg.default_kv_soft_pin_ttl;
+      v.soft_pin_ttl = std::min(v.soft_pin_ttl, cfg.max_soft_pin_ttl);
+    }
+    v.group = rc.group_id;
+    return v;
+  }
+
+  result<std::vector<replica_desc>> put_start(const client_id& client, std::string_view key, std::uint64_t size,
+                                              const replicate_config& rc, bool upsert, time_point now) {
+    if (key.empty()) return fail(errc::invalid_key);
+    if (size == 0 || rc.replica_num == 0) return fail(errc::invalid_params);
+    auto it = objects.find(key);
+    if (it != objects.end()) {
+      object_entry& o = it->second;
+      if (!o.complete) {
+        if (!stale(o, cfg, now)) return fail(errc::object_already_exists);
+        ++m.preempted_puts;
+        erase_object(o, now, false);
+        it = objects.end();
+      } else if (!upsert) {
+        return fail(errc::object_already_exists);
+      } else {
+        if (o.pending) {
+          if (!stale(o, cfg, now)) return fail(errc::object_already_exists);
+          ++m.preempted_puts;
+          free_at(o.pending->replicas, o.pending->started + cfg.put_start_discard_timeout, now);
+          o.pending.reset();
+          unlink_flight(o);
+        }
+        auto rs = allocate_replicas(client, size, rc, now);
+        if (!rs) return fail(rs.error());
+        // Eviction inside the allocation may have taken the object itself.
+        it = objects.find(key);
+        if (it == objects.end()) {
+          return start_new(client, key, size, rc, now, std::move(*rs));
+        }
+        object_entry& o2 = it->second;
+        o2.pending = std::make_unique<version>(make_version(client, size, rc, now, std::move(*rs)));
+        link_flight(o2);
+        return describe(o2.pending->replicas, replica_status::processing);
+      }
+    }
+    auto rs = allocate_replicas(client, size, rc, now);
+    if (!rs) return fail(rs.error());
+    return start_new(client, key, size, rc, now, std::move(*rs));
+  }
+
+  result<std::vector<replica_desc>> start_new(const client_id& client, std::string_view key, std::uint64_t size,
+                                              const replicate_config& rc, time_point now,
+                                              std::vector<replica_slot> rs) {
+    auto [it, inserted] = objects.try_emplace(std::string(key));
+    object_entry& o = it->second;
+    o.key = &it->first;
+    o.cur = make_version(client, size, rc, now, std::move(rs));
+    o.complete = false;
+    link_flight(o);
+    return describe(o.cur.replicas, replica_status::processing);
+  }
+
+  void apply_pins(object_entry& o, time_point now) noexcept {
+    o.soft_pin_until = o.cur.soft_pin_ttl.count() > 0 ? now + o.cur.soft_pin_ttl : time_point{};
+  }
+
+  result<void> put_end(const client_id& client, std::string_view key, time_point now) {
+    auto it = objects.find(key);
+    if (it == objects.end()) return fail(errc::object_not_found);
+    object_entry& o = it->second;
+    if (!o.complete) {
+      if (o.cur.writer != client) return fail(errc::illegal_client);
+      o.complete = true;
+      unlink_flight(o);
+      apply_pins(o, now);
+      group_add(o);
+      touch(o, now);
+      return ok();
+    }
+    if (!o.pending) return fail(errc::invalid_write);
+    if (o.pending->writer != client) return fail(errc::illegal_client);
+    // Readers holding a lease on the old version keep reading it until the lease ends.
+    free_at(o.cur.replicas, o.lease_until, now);
+    group_remove(o);
+    o.cur = std::move(*o.pending);
+    o.pending.reset();
+    unlink_flight(o);
+    apply_pins(o, now);
+    group_add(o);
+    touch(o, now);
+    return ok();
+  }
+
+  result<void> put_revoke(const client_id& client, std::string_view key, time_point now) {
+    auto it = objects.find(key);
+    if (it == objects.end()) return fail(errc::object_not_found);
+    object_entry& o = it->second;
+    if (!o.complete) {
+      if (o.cur.writer != client) return fail(errc::illegal_client);
+      erase_object(o, now, true);
+      return ok();
+    }
+    if (!o.pending) return fail(errc::invalid_write);
+    if (o.pending->writer != client) return fail(errc::illegal_client);
+    free_at(o.pending->replicas, now, now);
+    o.pending.reset();
+    unlink_flight(o);
+    return ok();
+  }
+
+  result<replica_list> get(std::string_view key, time_point now) {
+    auto it = objects.find(key);
+    if (it == objects.end()) return fail(errc::object_not_found);
+    object_entry& o = it->second;
+    if (!o.complete) return fail(errc::replica_is_not_ready);
+    return lease(o, now);
+  }
+
+  replica_list lease(object_entry& o, time_point now) {
+    o.lease_until = std::max(o.lease_until, now + cfg.default_kv_lease_ttl);
+    touch(o, now);
+    replica_list l;
+    l.size = o.cur.size;
+    l.replicas = describe(o.cur.replicas, replica_status::complete);
+    l.lease_ttl = cfg.default_kv_lease_ttl;
+    return l;
+  }
+
+  result<void> remove(std::string_view key, bool force, time_point now) {
+    auto it = objects.find(key);
+    if (it == objects.end()) return fail(errc::object_not_found);
+    object_entry& o = it->second;
+    if (!force) {
+      if (o.in_flight()) return fail(errc::replica_is_not_ready);
+      if (leased(o, now)) return fail(errc::object_has_lease);
+    }
+    erase_object(o, now, false);
+    return ok();
+  }
+
+  std::uint64_t remove_all(bool force, time_point now) {
+    std::uint64_t n = 0;
+    for (auto it = objects.begin(); it != objects.end();) {
+      object_entry& o = it->second;
+      if (!force && (o.in_flight() || leased(o, now))) {
+        ++it;
+        continue;
+      }
+      ++it;  // erase_object invalidates only o's iterator
+      erase_object(o, now, false);
+      ++n;
+    }
+    return n;
+  }
+
+  // --- reporting --------------------------------------------------------------------------------
+
+  master_metrics snapshot() const {
+    master_metrics r = m;
+    for (const placement_target& t : targets) {
+      r.total_capacity += t.alloc->capacity();
+      r.allocated += t.alloc->used();
+    }
+    r.key_count = objects.size();
+    r.segment_count = targets.size();
+    r.active_clients = clients.size();
+    return r;
+  }
+};
+
+master_state::master_state(master_config cfg, clock_fn clock)
+    : impl_(std::make_unique<impl>(std::move(cfg), std::move(clock))) {}
+
+master_state::~master_state() = default;
+
+const master_config& master_state::config() const noexcept { return impl_->cfg; }
+
+// --- synchronous cores ------------------------------------------------------------------------------
+
+result<void> master_state::mount_segment_sync(const client_id& client, const segment_info& seg) {
+  std::lock_guard lock(impl_->mu);
+  const time_point now = impl_->clock();
+  impl_->maintain(now);
+  auto r = impl_->mount(client, seg, now);
+  record(impl_->m, master_op::mount_segment, r);
+  return r;
+}
+
+result<void> master_state::unmount_segment_sync(const client_id& client, std::string_view segment_name) {
+  std::lock_guard lock(impl_->mu);
+  const time_point now = impl_->clock();
+  impl_->maintain(now);
+  result<void> r = ok();
+  if (auto it = impl_->segment_by_name.find(segment_name); it == impl_->segment_by_name.end()) {
+    r = fail(errc::segment_not_found);
+  } else if (impl_->segments[it->second].owner != client) {
+    r = fail(errc::illegal_client);
+  } else {
+    impl_->unmount_slot(it->second);
+  }
+  record(impl_->m, master_op::unmount_segment, r);
+  return r;
+}
+
+result<ping_result> master_state::ping_sync(const client_id& client) {
+  std::lock_guard lock(impl_->mu);
+  const time_point now = impl_->clock();
+  // Maintenance first: a client silent past its TTL is expired before this ping could revive it.
+  impl_->maintain(now);
+  result<ping_result> r = client.empty() ? result<ping_result>(fail(errc::invalid_params)) : impl_->ping(client, now);
+  record(impl_->m, master_op::ping, r);
+  return r;
+}
+
+result<std::vector<replica_desc>> master_state::put_start_sync(const client_id& client, std::string_view key,
+                                                               std::uint64_t size, const replicate_config& cfg) {
+  std::lock_guard lock(impl_->mu);
+  const time_point now = impl_->clock();
+  impl_->maintain(now);
+  auto r = impl_->put_start(client, key, size, cfg, false, now);
+  record(impl_->m, master_op::put_start, r);
+  return r;
+}
+
+result<std::vector<replica_desc>> master_state::upsert_start_sync(const client_id& client, std::string_view key,
+                                                                  std::uint64_t size, const replicate_config& cfg) {
+  std::lock_guard lock(impl_->mu);
+  const time_point now = impl_->clock();
+  impl_->maintain(now);
+  auto r = impl_->put_start(client, key, size, cfg, true, now);
+  record(impl_->m, master_op::upsert_start, r);
+  return r;
+}
+
+result<void> master_state::put_end_sync(const client_id& client, std::string_view key) {
+  std::lock_guard lock(impl_->mu);
+  const time_point now = impl_->clock();
+  impl_->maintain(now);
+  auto r = impl_->put_end(client, key, now);
+  record(impl_->m, master_op::put_end, r);
+  return r;
+}
+
+result<void> master_state::put_revoke_sync(const client_id& client, std::string_view key) {
+  std::lock_guard lock(impl_->mu);
+  const time_point now = impl_->clock();
+  impl_->maintain(now);
+  auto r = impl_->put_revoke(client, key, now);
+  record(impl_->m, master_op::put_revoke, r);
+  return r;
+}
+
+std::vector<result<std::vector<replica_desc>>> master_state::batch_put_start_sync(
+    const client_id& client, std::span<const std::string> keys, std::span<const std::uint64_t> sizes,
+    const replicate_config& cfg) {
+  std::vector<result<std::vector<replica_desc>>> out;
+  out.reserve(keys.size());
+  std::lock_guard lock(impl_->mu);
+  const time_point now = impl_->clock();
+  impl_->maintain(now);
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    if (sizes.size() != keys.size()) {
+      out.emplace_back(fail(errc::invalid_params));
+    } else {
+      out.push_back(impl_->put_start(client, keys[i], sizes[i], cfg, false, now));
+    }
+  }
+  record_batch(impl_->m, master_op::batch_put_start, out);
+  return out;
+}
+
+std::vector<result<void>> master_state::batch_put_end_sync(const client_id& client,
+                                                           std::span<const std::string> keys) {
+  std::vector<result<void>> out;
+  out.reserve(keys.size());
+  std::lock_guard lock(impl_->mu);
+  const time_point now = impl_->clock();
+  impl_->maintain(now);
+  for (const std::string& k : keys) out.push_back(impl_->put_end(client, k, now));
+  record_batch(impl_->m, master_op::batch_put_end, out);
+  return out;
+}
+
+std::vector<result<void>> master_state::batch_put_revoke_sync(const client_id& client,
+                                                              std::span<const std::string> keys) {
+  std::vector<result<void>> out;
+  out.reserve(keys.size());
+  std::lock_guard lock(impl_->mu);
+  const time_point now = impl_->clock();
+  impl_->maintain(now);
+  for (const std::string& k : keys) out.push_back(impl_->put_revoke(client, k, now));
+  record_batch(impl_->m, master_op::batch_put_revoke, out);
+  return out;
+}
+
+result<replica_list> master_state::get_replica_list_sync(std::string_view key) {
+  std::lock_guard lock(impl_->mu);
+  const time_point now = impl_->clock();
+  impl_->maintain(now);
+  auto r = impl_->get(key, now);
+  record(impl_->m, master_op::get_replica_list, r);
+  return r;
+}
+
+std::vector<result<replica_list>> master_state::batch_get_replica_list_sync(std::span<const std::string> keys) {
+  std::vector<result<replica_list>> out;
+  out.reserve(keys.size());
+  std::lock_guard lock(impl_->mu);
+  const time_point now = impl_->clock();
+  impl_->maintain(now);
+  for (const std::string& k : keys) out.push_back(impl_->get(k, now));
+  record_batch(impl_->m, master_op::batch_get_replica_list, out);
+  return out;
+}
+
+result<match_result> master_state::match_prefix_sync(std::span<const std::string> keys) {
+  std::lock_guard lock(impl_->mu);
+  const time_point now = impl_->clock();
+  impl_->maintain(now);
+  match_result mr;
+  for (const std::string& k : keys) {
+    auto it = impl_->objects.find(k);
+    if (it == impl_->objects.end() || !it->second.complete) break;
+    mr.replicas.push_back(impl_->lease(it->second, now));
+    ++mr.hits;
+  }
+  result<match_result> r = std::move(mr);
+  record(impl_->m, master_op::match_prefix, r);
+  return r;
+}
+
+result<bool> master_state::exist_sync(std::string_view key) {
+  std::lock_guard lock(impl_->mu);
+  const time_point now = impl_->clock();
+  impl_->maintain(now);
+  auto it = impl_->objects.find(key);
+  result<bool> r = it != impl_->objects.end() && it->second.complete;
+  record(impl_->m, master_op::exist_key, r);
+  return r;
+}
+
+std::vector<result<bool>> master_state::batch_exist_sync(std::span<const std::string> keys) {
+  std::vector<result<bool>> out;
+  out.reserve(keys.size());
+  std::lock_guard lock(impl_->mu);
+  const time_point now = impl_->clock();
+  impl_->maintain(now);
+  for (const std::string& k : keys) {
+    auto it = impl_->objects.find(k);
+    out.emplace_back(it != impl_->objects.end() && it->second.complete);
+  }
+  record_batch(impl_->m, master_op::batch_exist_key, out);
+  return out;
+}
+
+result<std::uint64_t> master_state::get_size_sync(std::string_view key) {
+  std::lock_guard lock(impl_->mu);
+  const time_point now = impl_->clock();
+  impl_->maintain(now);
+  result<std::uint64_t> r = fail(errc::object_not_found);
+  if (auto it = impl_->objects.find(key); it != impl_->objects.end()) {
+    r = it->second.complete ? result<std::uint64_t>(it->second.cur.size)
+                            : result<std::uint64_t>(fail(errc::replica_is_not_ready));
+  }
+  record(impl_->m, master_op::get_size, r);
+  return r;
+}
+
+result<void> master_state::remove_sync(std::string_view key, bool force) {
+  std::lock_guard lock(impl_->mu);
+  const time_point now = impl_->clock();
+  impl_->maintain(now);
+  auto r = impl_->remove(key, force, now);
+  record(impl_->m, master_op::remove, r);
+  return r;
+}
+
+std::vector<result<void>> master_state::batch_remove_sync(std::span<const std::string> keys, bool force) {
+  std::vector<result<void>> out;
+  out.reserve(keys.size());
+  std::lock_guard lock(impl_->mu);
+  const time_point now = impl_->clock();
+  impl_->maintain(now);
+  for (const std::string& k : keys) out.push_back(impl_->remove(k, force, now));
+  record_batch(impl_->m, master_op::batch_remove, out);
+  return out;
+}
+
+result<std::uint64_t> master_state::remove_all_sync(bool force) {
+  std::lock_guard lock(impl_->mu);
+  const time_point now = impl_->clock();
+  impl_->maintain(now);
+  result<std::uint64_t> r = impl_->remove_all(force, now);
+  record(impl_->m, master_op::remove_all, r);
+  return r;
+}
+
+void master_state::tick() {
+  std::lock_guard lock(impl_->mu);
+  impl_->tick_locked(impl_->clock());
+}
+
+// --- reporting --------------------------------------------------------------------------------------
+
+master_metrics master_state::metrics() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->snapshot();
+}
+
+std::string master_state::metrics_text() const {
+  const master_metrics m = metrics();
+  std::string out;
+  const auto metric = [&out](std::string_view name, std::string_view type, std::string_view help, std::uint64_t v) {
+    fmt::format_to(std::back_inserter(out), "# HELP {0} {1}\n# TYPE {0} {2}\n{0} {3}\n", name, help, type, v);
+  };
+  metric("master_total_capacity_bytes", "gauge", "Total capacity across all mounted segments", m.total_capacity);
+  metric("master_allocated_bytes", "gauge", "Bytes currently allocated across all segments", m.allocated);
+  metric("master_key_count", "gauge", "Number of keys managed by the master", m.key_count);
+  metric("master_mounted_segments", "gauge", "Number of mounted segments", m.segment_count);
+  metric("master_active_clients", "gauge", "Number of live clients", m.active_clients);
+  for (std::size_t i = 0; i < master_op_count; ++i) {
+    const auto op = to_string(static_cast<master_op>(i));
+    metric(fmt::format("master_{}_requests_total", op), "counter", fmt::format("{} requests received", op),
+           m.requests[i]);
+    metric(fmt::format("master_{}_failures_total", op), "counter", fmt::format("{} requests that failed", op),
+           m.failures[i]);
+    if (op.starts_with("batch_")) {
+      metric(fmt::format("master_{}_items_total", op), "counter", fmt::format("keys in {} requests", op), m.items[i]);
+      metric(fmt::format("master_{}_failed_items_total", op), "counter", fmt::format("failed keys in {} requests", op),
+             m.failed_items[i]);
+    }
+  }
+  metric("master_evicted_keys_total", "counter", "Keys evicted", m.evicted_keys);
+  metric("master_evicted_size_bytes_total", "counter", "Bytes freed by eviction (every replica)", m.evicted_bytes);
+  metric("master_attempted_evictions_total", "counter", "Eviction rounds started", m.attempted_evictions);
+  metric("master_successful_evictions_total", "counter", "Eviction rounds that evicted a key",
+         m.successful_evictions);
+  metric("master_preempted_puts_total", "counter", "Stale in-flight puts pre-empted by a new put", m.preempted_puts);
+  metric("master_discarded_puts_total", "counter", "In-flight puts reclaimed after the discard timeout",
+         m.discarded_puts);
+  metric("master_expired_clients_total", "counter", "Clients expired for silence", m.expired_clients);
+  metric("master_forgiven_stalls_total", "counter", "Master stalls not charged to the clients' heartbeats",
+         m.forgiven_stalls);
+  return out;
+}
+
+std::string master_state::segments_json() const {
+  std::lock_guard lock(impl_->mu);
+  nlohmann::json segs = nlohmann::json::array();
+  std::uint64_t cap = 0, used = 0;
+  for (const placement_target& t : impl_->targets) {
+    const segment_entry& s = impl_->segments[t.id];
+    const allocator_stats st = s.alloc->stats();
+    cap += st.capacity;
+    used += st.used;
+    segs.push_back({{"name", s.info.name},
+                    {"engine_segment", s.info.engine_segment},
+                    {"host", s.info.host},
+                    {"transport", s.info.transport},
+                    {"client", s.owner},
+                    {"base", s.info.base},
+                    {"size", s.info.size},
+                    {"capacity", st.capacity},
+                    {"used", st.used},
+                    {"free", st.free},
+                    {"largest_free", st.largest_free},
+                    {"fragmentation", st.fragmentation},
+                    {"allocations", st.allocations}});
+  }
+  nlohmann::json j{{"segments", std::move(segs)}, {"total_capacity", cap}, {"allocated", used}};
+  return j.dump();
+}
+
+std::string master_state::query_key_json(std::string_view key) const {
+  std::lock_guard lock(impl_->mu);
+  const time_point now = impl_->clock();
+  nlohmann::json j{{"key", key}};
+  auto it = impl_->objects.find(key);
+  if (it == impl_->objects.end()) {
+    j["found"] = false;
+    j["error"] = "object not found";
+    return j.dump();
+  }
+  const object_entry& o = it->second;
+  const auto left_ms = [now](time_point t) {
+    return t > now ? std::chrono::duration_cast<ms>(t - now).count() : std::int64_t{0};
+  };
+  const replica_status st = o.complete ? replica_status::complete : replica_status::processing;
+  nlohmann::json reps = nlohmann::json::array();
+  for (const replica_desc& d : impl_->describe(o.cur.replicas, st)) {
+    reps.push_back({{"segment", d.segment}, {"engine_segment", d.engine_segment}, {"addr", d.addr}, {"size", d.size}});
+  }
+  j["found"] = true;
+  j["size"] = o.cur.size;
+  j["status"] = o.complete ? "complete" : "processing";
+  j["replicas"] = std::move(reps);
+  j["lease_ms_left"] = left_ms(o.lease_until);
+  j["soft_pin_ms_left"] = left_ms(o.soft_pin_until);
+  j["hard_pin"] = o.cur.hard_pin;
+  j["group"] = o.cur.group;
+  j["upsert_in_flight"] = o.pending != nullptr;
+  return j.dump();
+}
+
+// --- master_service ---------------------------------------------------------------------------------
+
+task<result<void>> master_state::mount_segment(client_id client, segment_info seg) {
+  co_return mount_segment_sync(client, seg);
+}
+task<result<void>> master_state::unmount_segment(client_id client, std::string segment_name) {
+  co_return unmount_segment_sync(client, segment_name);
+}
+task<result<ping_result>> master_state::ping(client_id client) { co_return ping_sync(client); }
+task<result<std::vector<replica_desc>>> master_state::put_start(client_id client, std::string key, std::uint64_t size,
+                                                              replicate_config cfg) {
+  co_return put_start_sync(client, key, size, cfg);
+}
+task<result<void>> master_state::put_end(client_id client, std::string key) { co_return put_end_sync(client, key); }
+task<result<void>> master_state::put_revoke(client_id client, std::string key) {
+  co_return put_revoke_sync(client, key);
+}
+task<result<std::vector<replica_desc>>> master_state::upsert_start(client_id client, std::string key,
+                                                                 std::uint64_t size, replicate_config cfg) {
+  co_return upsert_start_sync(client, key, size, cfg);
+}
+task<std::vector<result<std::vector<replica_desc>>>> master_state::batch_put_start(client_id client,
+                                                                                 std::vector<std::string> keys,
+                                                                                 std::vector<std::uint64_t> sizes,
+                                                                                 replicate_config cfg) {
+  co_return batch_put_start_sync(client, keys, sizes, cfg);
+}
+task<std::vector<result<void>>> master_state::batch_put_end(client_id client, std::vector<std::string> keys) {
+  co_return batch_put_end_sync(client, keys);
+}
+task<std::vector<result<void>>> master_state::batch_put_revoke(client_id client, std::vector<std::string> keys) {
+  co_return batch_put_revoke_sync(client, keys);
+}
+task<result<replica_list>> master_state::get_replica_list(std::string key) { co_return get_replica_list_sync(key); }
+task<std::vector<result<replica_list>>> master_state::batch_get_replica_list(std::vector<std::string> keys) {
+  co_return batch_get_replica_list_sync(keys);
+}
+task<result<match_result>> master_state::match_prefix(std::vector<std::string> keys) {
+  co_return match_prefix_sync(keys);
+}
+task<result<bool>> master_state::exist(std::string key) { co_return exist_sync(key); }
+task<std::vector<result<bool>>> master_state::batch_exist(std::vector<std::string> keys) {
+  co_return batch_exist_sync(keys);
+}
+task<result<std::uint64_t>> master_state::get_size(std::string key) { co_return get_size_sync(key); }
+task<result<void>> master_state::remove(std::string key, bool force) { co_return remove_sync(key, force); }
+task<std::vector<result<void>>> master_state::batch_remove(std::vector<std::string> keys, bool force) {
+  co_return batch_remove_sync(keys, force);
+}
+task<result<std::uint64_t>> master_state::remove_all(bool force) { co_return remove_all_sync(force); }
+
+}  // namespace yutu::store
