@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job: a release build of yutu, its reactor benchmark, then every example program.
+# The main job: a release build of yutu, its reactor benchmark, the store on one machine (yutu-cluster),
+# then every example program.
 # Self-sufficient on a fresh Debian 12: it installs what is missing first (scripts/deps.sh).
 set -euo pipefail
 
@@ -24,6 +25,11 @@ if [[ -x "$dir/bench/reactor_bench" ]]; then
 else
   echo "run.sh: $dir/bench/reactor_bench is missing (not written yet, or -Dbenchmarks=disabled)"
 fi
+
+# The store on one machine: yutu-metadata, yutu-master and two yutu-node processes on loopback, and a
+# KVCache workload (the FAST'25 conversation trace when ../shared/traces has it) through a client.
+echo "=== yutu-cluster"
+"$dir/yutu-cluster" --duration 20 || { echo "run.sh: yutu-cluster failed" >&2; status=1; }
 
 # The examples are the executables examples/meson.build defines; meson knows which those are.
 mapfile -t examples < <(meson introspect "$dir" --targets | python3 -c '
