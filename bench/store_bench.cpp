@@ -1,0 +1,356 @@
+// store_bench: the store client's put and get throughput and latency, against raw transfer-engine
+// transfers of the same sizes over the same transport, measured in the same run (the physical
+// reference: what the store adds is the master's round trips and its own bookkeeping).
+//
+// One process: an embedded store (master behind its RPC server, HTTP metadata server, a storage node
+// with --node-memory) and a client that reaches the master over RPC on loopback, as a serving process
+// would. For every transport (tcp; shm = same-host shared memory), object size (64 KiB, 1 MiB,
+// 16 MiB) and batch (1, 32): put = batch_put_from of fresh keys (zero copy from registered memory;
+// eviction makes room in steady state), get = batch_get_into of stored keys; raw = engine.transfer of
+// the same batch (write for put, read for get) into memory of the node's engine. `--inflight`
+// operations run at once on one client thread (fewer for operations over 512 MiB). Output: a table,
+// then one JSON line (last).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "yutu/coro/when_all.hpp"
+#include "yutu/io/reactor.hpp"
+#include "yutu/store/client.hpp"
+#include "yutu/store/embedded.hpp"
+
+namespace {
+
+using clk = std::chrono::steady_clock;
+using yutu::task;
+using namespace yutu::store;
+
+struct options {
+  double duration = 1.0;
+  std::size_t inflight = 2;
+  std::uint64_t node_memory = 2ull << 30;
+  std::vector<std::uint64_t> sizes{64 << 10, 1 << 20, 16 << 20};
+  std::vector<std::size_t> batches{1, 32};
+  std::vector<std::string> transports{"tcp", "shm"};
+  bool in_process_master = false;
+};
+
+struct sample {
+  std::uint64_t bytes = 0;
+  double seconds = 0;
+  std::vector<double> lat_us;
+  std::uint64_t errors = 0;
+  std::string first_error;
+};
+
+double pct(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size() - 1) + 0.5))];
+}
+
+struct figure_ctx {
+  client* c = nullptr;
+  yutu::transfer::segment_id raw_seg = 0;
+  std::uint64_t raw_base = 0;
+  std::uint64_t size = 0;
+  std::size_t batch = 0;
+  clk::time_point deadline;
+  std::string prefix;
+};
+
+void note(sample& s, const std::error_code& ec) {
+  if (!s.errors++) s.first_error = ec.message();
+}
+
+task<void> put_worker(figure_ctx& f, std::byte* buf, std::size_t w, sample& s) {
+  std::vector<std::string> keys(f.batch);
+  std::vector<const void*> srcs;
+  std::vector<std::uint64_t> sizes(f.batch, f.size);
+  for (std::size_t k = 0; k < f.batch; ++k) srcs.push_back(buf + k * f.size);
+  for (std::size_t it = 0; clk::now() < f.deadline; ++it) {
+    for (std::size_t k = 0; k < f.batch; ++k) keys[k] = fmt::format("{}-{}-{}-{}", f.prefix, w, it, k);
+    auto t0 = clk::now();
+    auto res = co_await f.c->batch_put_from(keys, srcs, sizes);
+    s.lat_us.push_back(std::chrono::duration<double, std::micro>(clk::now() - t0).count());
+    for (auto& r : res) {
+      if (r)
+        s.bytes += f.size;
+      else
+        note(s, r.error());
+    }
+  }
+}
+
+task<void> get_worker(figure_ctx& f, std::byte* buf, std::size_t w, sample& s) {
+  std::vector<std::string> keys;
+  std::vector<void*> dsts;
+  std::vector<std::uint64_t> sizes(f.batch, f.size);
+  for (std::size_t k = 0; k < f.batch; ++k) {
+    keys.push_back(fmt::format("{}-{}-{}", f.prefix, w, k));
+    dsts.push_back(buf + k * f.size);
+  }
+  while (clk::now() < f.deadline) {
+    auto t0 = clk::now();
+    auto res = co_await f.c->batch_get_into(keys, dsts, sizes);
+    s.lat_us.push_back(std::chrono::duration<double, std::micro>(clk::now() - t0).count());
+    for (auto& r : res) {
+      if (r)
+        s.bytes += *r;
+      else
+        note(s, r.error());
+    }
+  }
+}
+
+task<void> raw_worker(figure_ctx& f, std::byte* buf, std::size_t w, yutu::transfer::opcode op, sample& s) {
+  std::vector<yutu::transfer::transfer_request> reqs;
+  for (std::size_t k = 0; k < f.batch; ++k)
+    reqs.push_back({op, buf + k * f.size, f.raw_seg, f.raw_base + (w * f.batch + k) * f.size, f.size});
+  auto& eng = f.c->engine();
+  while (clk::now() < f.deadline) {
+    auto t0 = clk::now();
+    auto res = co_await eng.transfer(reqs);
+    s.lat_us.push_back(std::chrono::duration<double, std::micro>(clk::now() - t0).count());
+    for (auto& e : res.errors) {
+      if (!e)
+        s.bytes += f.size;
+      else
+        note(s, e);
+    }
+  }
+}
+
+// Stores the keys the get workers read.
+task<bool> prefill(figure_ctx& f, std::byte* buf, std::size_t workers) {
+  for (std::size_t w = 0; w < workers; ++w) {
+    std::vector<std::string> keys;
+    std::vector<const void*> srcs;
+    std::vector<std::uint64_t> sizes(f.batch, f.size);
+    for (std::size_t k = 0; k < f.batch; ++k) {
+      keys.push_back(fmt::format("{}-{}-{}", f.prefix, w, k));
+      srcs.push_back(buf + (w * f.batch + k) * f.size);
+    }
+    for (auto& r : co_await f.c->batch_put_from(keys, srcs, sizes))
+      if (!r) {
+        std::fprintf(stderr, "store_bench: prefill: %s\n", r.error().message().c_str());
+        co_return false;
+      }
+  }
+  co_return true;
+}
+
+enum class kind { store_put, store_get, raw_put, raw_get };
+
+task<void> run_figure(figure_ctx& f, kind k, std::byte* buf, std::size_t workers, sample& s) {
+  std::vector<task<void>> ws;
+  for (std::size_t w = 0; w < workers; ++w) {
+    std::byte* mine = buf + w * f.batch * f.size;
+    switch (k) {
+      case kind::store_put: ws.push_back(put_worker(f, mine, w, s)); break;
+      case kind::store_get: ws.push_back(get_worker(f, mine, w, s)); break;
+      case kind::raw_put: ws.push_back(raw_worker(f, mine, w, yutu::transfer::opcode::write, s)); break;
+      case kind::raw_get: ws.push_back(raw_worker(f, mine, w, yutu::transfer::opcode::read, s)); break;
+    }
+  }
+  co_await yutu::when_all(std::move(ws));
+}
+
+sample measure(yutu::io::reactor& r, figure_ctx& f, kind k, std::byte* buf, std::size_t workers, double duration) {
+  sample s;
+  auto t0 = clk::now();
+  f.deadline = t0 + std::chrono::duration_cast<clk::duration>(std::chrono::duration<double>(duration));
+  r.block_on(run_figure(f, k, buf, workers, s));
+  s.seconds = std::chrono::duration<double>(clk::now() - t0).count();
+  return s;
+}
+
+std::vector<std::uint64_t> parse_sizes(const std::string& v) {
+  std::vector<std::uint64_t> out;
+  std::size_t from = 0;
+  while (from <= v.size()) {
+    auto comma = v.find(',', from);
+    auto s = parse_size(v.substr(from, comma == std::string::npos ? std::string::npos : comma - from));
+    if (!s || *s == 0) {
+      std::fprintf(stderr, "store_bench: bad size list '%s'\n", v.c_str());
+      std::exit(2);
+    }
+    out.push_back(*s);
+    if (comma == std::string::npos) break;
+    from = comma + 1;
+  }
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "store_bench: %s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--help" || a == "-h") {
+      std::printf(
+          "usage: store_bench [--duration S] [--inflight N] [--node-memory SIZE] [--sizes 64KiB,1MiB,16MiB]\n"
+          "                   [--batches 1,32] [--transports tcp,shm] [--in-process-master] [--quick]\n");
+      return 0;
+    } else if (a == "--duration") {
+      o.duration = std::atof(next().c_str());
+    } else if (a == "--inflight") {
+      o.inflight = static_cast<std::size_t>(std::atoi(next().c_str()));
+    } else if (a == "--node-memory") {
+      auto s = parse_size(next());
+      if (!s) return 2;
+      o.node_memory = *s;
+    } else if (a == "--sizes") {
+      o.sizes = parse_sizes(next());
+    } else if (a == "--batches") {
+      o.batches.clear();
+      for (auto b : parse_sizes(next())) o.batches.push_back(static_cast<std::size_t>(b));
+    } else if (a == "--transports") {
+      std::string v = next();
+      o.transports.clear();
+      if (v.find("tcp") != std::string::npos) o.transports.push_back("tcp");
+      if (v.find("shm") != std::string::npos) o.transports.push_back("shm");
+    } else if (a == "--in-process-master") {
+      o.in_process_master = true;
+    } else if (a == "--quick") {
+      o.duration = 0.3;
+    } else {
+      std::fprintf(stderr, "store_bench: unknown flag %s\n", a.c_str());
+      return 2;
+    }
+  }
+  if (!(o.duration > 0) || o.inflight == 0 || o.transports.empty()) {
+    std::fprintf(stderr, "store_bench: bad options\n");
+    return 2;
+  }
+  const std::uint64_t op_budget = 512ull << 20;  // bytes one worker's batch may span
+  std::uint64_t max_op = 0;
+  for (auto sz : o.sizes)
+    for (auto b : o.batches) max_op = std::max(max_op, sz * b);
+  const std::uint64_t buf_bytes = std::max(max_op, std::min(op_budget, max_op * o.inflight));
+
+  embedded_config ec;
+  ec.memory = o.node_memory;
+  // Long enough for a 512 MiB get; short, because memory force-removed under a lease is held until it ends.
+  ec.master.default_kv_lease_ttl = std::chrono::milliseconds(5000);
+  auto store = embedded::create(ec);
+  if (!store) {
+    std::fprintf(stderr, "store_bench: embedded store: %s\n", store.error().message().c_str());
+    return 1;
+  }
+  // The raw reference's target: memory of the node's engine, beside the store's segments.
+  auto raw_mem = (*store)->node()->engine().allocate_shared(buf_bytes);
+  if (!raw_mem) {
+    std::fprintf(stderr, "store_bench: raw target: %s\n", raw_mem.error().message().c_str());
+    return 1;
+  }
+  std::unique_ptr<std::byte[]> buf(new std::byte[buf_bytes]);
+  for (std::uint64_t i = 0; i < buf_bytes; i += 4096) buf[i] = static_cast<std::byte>(i >> 12);
+
+  nlohmann::json results = nlohmann::json::array();
+  std::printf("store_bench: %g s per figure, master over %s, node memory %.1f GiB\n", o.duration,
+              o.in_process_master ? "in-process calls" : "RPC on loopback",
+              static_cast<double>(o.node_memory) / (1ull << 30));
+  std::printf("| %-9s | %-4s | %-7s | %-5s | %-11s | %-11s | %-6s | %-19s | %-19s |\n", "transport", "op", "size",
+              "batch", "store GiB/s", "raw GiB/s", "ratio", "store p50/p99 us", "raw p50/p99 us");
+  std::printf("|-----------|------|---------|-------|-------------|-------------|--------|---------------------|---------------------|\n");
+  std::uint64_t total_errors = 0;
+  double min_ratio = 1e9;
+  yutu::io::reactor r;
+  int fig = 0;
+  for (const auto& transport : o.transports) {
+    client_config cc;
+    cc.transports = transport == "tcp" ? std::vector<std::string>{"tcp"}
+                                       : std::vector<std::string>{"local", "shm", "tcp"};
+    cc.transfer_deadline = std::chrono::milliseconds(60'000);
+    cc.rpc_timeout = std::chrono::milliseconds(10'000);
+    auto c = o.in_process_master ? (*store)->connect(cc) : [&] {
+      cc.master = (*store)->master_address();
+      cc.metadata = (*store)->metadata();
+      return client::create(cc);
+    }();
+    if (!c) {
+      std::fprintf(stderr, "store_bench: client: %s\n", c.error().message().c_str());
+      return 1;
+    }
+    if (auto rr = (*c)->register_buffer(buf.get(), buf_bytes); !rr) {
+      std::fprintf(stderr, "store_bench: register_buffer: %s\n", rr.error().message().c_str());
+      return 1;
+    }
+    auto seg = r.block_on((*c)->engine().open_segment((*store)->node()->engine().segment_name()));
+    if (!seg) {
+      std::fprintf(stderr, "store_bench: open_segment: %s\n", seg.error().message().c_str());
+      return 1;
+    }
+    for (auto size : o.sizes)
+      for (auto batch : o.batches) {
+        figure_ctx f;
+        f.c = c->get();
+        f.raw_seg = *seg;
+        f.raw_base = reinterpret_cast<std::uint64_t>(*raw_mem);
+        f.size = size;
+        f.batch = batch;
+        const std::size_t workers =
+            std::max<std::size_t>(1, std::min<std::uint64_t>(o.inflight, buf_bytes / (size * batch)));
+        for (std::string op : {"put", "get"}) {
+          f.prefix = fmt::format("f{}{}", fig++, op);
+          sample st, raw;
+          if (op == "put") {
+            st = measure(r, f, kind::store_put, buf.get(), workers, o.duration);
+            raw = measure(r, f, kind::raw_put, buf.get(), workers, o.duration);
+          } else {
+            if (!r.block_on(prefill(f, buf.get(), workers))) return 1;
+            st = measure(r, f, kind::store_get, buf.get(), workers, o.duration);
+            raw = measure(r, f, kind::raw_get, buf.get(), workers, o.duration);
+          }
+          (void)r.block_on((*c)->remove_all(true));
+          const double gib = static_cast<double>(1ull << 30);
+          double sg = static_cast<double>(st.bytes) / gib / st.seconds;
+          double rg = static_cast<double>(raw.bytes) / gib / raw.seconds;
+          double ratio = rg > 0 ? sg / rg : 0;
+          min_ratio = std::min(min_ratio, ratio);
+          total_errors += st.errors + raw.errors;
+          std::string size_s = size >= (1 << 20) ? fmt::format("{}MiB", size >> 20) : fmt::format("{}KiB", size >> 10);
+          std::printf("| %-9s | %-4s | %-7s | %-5zu | %11.3f | %11.3f | %5.0f%% | %8.0f / %8.0f | %8.0f / %8.0f |\n",
+                      transport.c_str(), op.c_str(), size_s.c_str(), batch, sg, rg, 100 * ratio,
+                      pct(st.lat_us, 0.5), pct(st.lat_us, 0.99), pct(raw.lat_us, 0.5), pct(raw.lat_us, 0.99));
+          std::fflush(stdout);
+          if (st.errors) std::printf("    store errors: %llu (%s)\n", static_cast<unsigned long long>(st.errors), st.first_error.c_str());
+          if (raw.errors) std::printf("    raw errors: %llu (%s)\n", static_cast<unsigned long long>(raw.errors), raw.first_error.c_str());
+          results.push_back({{"transport", transport}, {"op", op}, {"size", size}, {"batch", batch},
+                             {"inflight", workers}, {"store_gib_s", sg}, {"raw_gib_s", rg}, {"ratio", ratio},
+                             {"store_p50_us", pct(st.lat_us, 0.5)}, {"store_p99_us", pct(st.lat_us, 0.99)},
+                             {"raw_p50_us", pct(raw.lat_us, 0.5)}, {"raw_p99_us", pct(raw.lat_us, 0.99)},
+                             {"errors", st.errors + raw.errors}});
+        }
+      }
+    (void)(*c)->unregister_buffer(buf.get());
+    c->reset();
+  }
+  nlohmann::json j;
+  j["bench"] = "store";
+  j["master"] = o.in_process_master ? "in-process" : "rpc";
+  j["duration_s"] = o.duration;
+  j["results"] = results;
+  j["min_ratio"] = min_ratio;
+  j["target_ratio"] = 0.8;
+  j["errors"] = total_errors;
+  std::printf("%s\n", j.dump().c_str());
+  return total_errors == 0 ? 0 : 1;
+}
