@@ -19,6 +19,7 @@
 #include <fmt/ranges.h>
 
 #include "tcp_conn.hpp"
+#include "transports.hpp"
 #include "yutu/coro/async_event.hpp"
 #include "yutu/coro/async_mutex.hpp"
 #include "yutu/coro/when_all.hpp"
@@ -60,14 +61,6 @@ bool may_fall_back(const std::error_code& ec) {
   return true;
 }
 
-int open_pidfd(int pid) {
-#ifdef SYS_pidfd_open
-  return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-#else
-  (void)pid;
-  return -1;
-#endif
-}
 
 }  // namespace
 
@@ -78,37 +71,26 @@ struct peer {
 
   mutable std::mutex mu;
   std::shared_ptr<const segment_desc> desc;
-
-  struct conn_slot {
-    std::size_t home = 0;
-    std::shared_ptr<detail::client_conn> conn;  // touched on the home reactor only
-    std::unique_ptr<coro::async_mutex> connect_mu = std::make_unique<coro::async_mutex>();
-  };
-  std::vector<conn_slot> conns;
-  std::atomic<std::size_t> next_conn{0};
-
-  std::mutex shm_mu;
-  std::map<int, std::shared_ptr<shm_mapping>> maps;  // by the owner's memfd number
-  int pidfd = -1;
-  std::uint64_t mapped_incarnation = 0;
+  // One per transport of the engine, same order (null where a transport keeps no per-peer state).
+  std::vector<std::unique_ptr<transport_peer_state>> states;
 
   std::shared_ptr<const segment_desc> snapshot() const {
     std::lock_guard lk(mu);
     return desc;
   }
-  ~peer() {
-    if (pidfd >= 0) ::close(pidfd);
+  peer_info info(std::size_t transport_index) const {
+    return peer_info{id, &name, self, snapshot(), states[transport_index].get()};
   }
 };
 
-struct engine::impl final : detail::engine_spawner {
+struct engine::impl final : transport_host {
   engine_config cfg;
-  std::uint64_t incarnation = random_incarnation();
+  std::uint64_t incarnation_ = random_incarnation();
   std::string name;
   std::string host;
   std::uint16_t port = 0;
-  std::unique_ptr<io::reactor_pool> pool;
-  memory_registry registry;
+  std::unique_ptr<io::reactor_pool> pool_;
+  memory_registry registry_;
   std::unique_ptr<metadata_store> meta;  // null in P2P mode
   bool p2p = false;
   std::optional<io::tcp_listener> listener;
@@ -143,10 +125,47 @@ struct engine::impl final : detail::engine_spawner {
   std::atomic<bool> publish_running{false};
   std::atomic<bool> publish_dirty{false};
 
+  // The transports this engine offers, in preference order.
+  std::vector<std::unique_ptr<transport>> transports;
+  detail::tcp_transport* tcp = nullptr;  // also carries notifications
+
   transport_counters local_c, shm_c, tcp_c, none_c;
   std::atomic<std::size_t> rr{0};
 
-  void spawn_on(std::size_t i, task<void> t) override { pool->spawn(i, std::move(t)); }
+  // --- transport_host ---
+  io::reactor_pool& pool() noexcept override { return *pool_; }
+  const engine_config& config() const noexcept override { return cfg; }
+  const memory_registry& registry() const noexcept override { return registry_; }
+  const std::string& local_name() const noexcept override { return name; }
+  std::uint64_t incarnation() const noexcept override { return incarnation_; }
+  void spawn_on(std::size_t i, task<void> t) override { pool_->spawn(i, std::move(t)); }
+  void peer_restarted(segment_id id, segment_desc fresh) override {
+    if (auto p = find_peer(id)) set_desc(*p, std::move(fresh));
+  }
+
+  void make_transports() {
+    for (const auto& t : cfg.transports) {
+      if (t == "local")
+        transports.push_back(std::make_unique<detail::local_transport>(*this));
+      else if (t == "shm")
+        transports.push_back(std::make_unique<detail::shm_transport>(*this));
+      else if (t == "tcp") {
+        auto tt = std::make_unique<detail::tcp_transport>(*this);
+        tcp = tt.get();
+        transports.push_back(std::move(tt));
+      }
+    }
+  }
+  std::shared_ptr<peer> make_peer(segment_id id, std::string pname, bool self, segment_desc d) {
+    auto pe = std::make_shared<peer>();
+    pe->id = id;
+    pe->name = std::move(pname);
+    pe->self = self;
+    pe->desc = std::make_shared<const segment_desc>(std::move(d));
+    const peer_info bare{id, &pe->name, self, pe->desc, nullptr};
+    for (auto& t : transports) pe->states.push_back(t->make_peer_state(bare));
+    return pe;
+  }
 
   transport_counters& counters_for(std::string_view t) {
     if (t == "local") return local_c;
@@ -160,22 +179,22 @@ struct engine::impl final : detail::engine_spawner {
   bool on_engine_thread() const {
     io::reactor* r = io::reactor::current();
     if (!r) return false;
-    for (std::size_t i = 0; i < pool->size(); ++i)
-      if (&pool->at(i) == r) return true;
+    for (std::size_t i = 0; i < pool_->size(); ++i)
+      if (&pool_->at(i) == r) return true;
     return false;
   }
-  std::size_t pick_reactor() { return rr.fetch_add(1, std::memory_order_relaxed) % pool->size(); }
+  std::size_t pick_reactor() { return rr.fetch_add(1, std::memory_order_relaxed) % pool_->size(); }
 
   segment_desc build_desc() const {
     segment_desc d;
     d.name = name;
-    d.incarnation = incarnation;
+    d.incarnation = incarnation_;
     d.host_id = local_host_id();
     d.pid = ::getpid();
     d.tcp_host = host;
     d.tcp_port = port;
     d.transports = cfg.transports;
-    for (const auto& b : registry.list()) {
+    for (const auto& b : registry_.list()) {
       if (!b.remote_accessible) continue;
       buffer_desc bd;
       bd.addr = b.addr;
@@ -186,6 +205,7 @@ struct engine::impl final : detail::engine_spawner {
       bd.shm_size = b.shm_size;
       d.buffers.push_back(std::move(bd));
     }
+    for (const auto& t : transports) t->describe(d);
     return d;
   }
 
@@ -206,12 +226,12 @@ struct engine::impl final : detail::engine_spawner {
   void schedule_publish() {
     if (!meta || stopping.load()) return;
     publish_dirty.store(true, std::memory_order_release);
-    if (!publish_running.exchange(true, std::memory_order_acq_rel)) pool->spawn(0, publish_loop());
+    if (!publish_running.exchange(true, std::memory_order_acq_rel)) pool_->spawn(0, publish_loop());
   }
 
   // --- the TCP service ---
   std::error_code check_remote(const wire::header& h, memory_registry::reader& rd) const {
-    if (h.incarnation != 0 && h.incarnation != incarnation) return make_error_code(te_errc::stale_segment);
+    if (h.incarnation != 0 && h.incarnation != incarnation_) return make_error_code(te_errc::stale_segment);
     const registered_buffer* b = rd.get().find(h.addr, h.length);
     if (!b || !b->remote_accessible) return make_error_code(te_errc::address_not_registered);
     return {};
@@ -223,7 +243,7 @@ struct engine::impl final : detail::engine_spawner {
       if (stopping.load()) co_return;
       server_fds.insert(s.fd());
     }
-    memory_registry::reader rd(registry);
+    memory_registry::reader rd(registry_);
     wire::header_bytes hb;
     std::string body;
     for (;;) {
@@ -320,7 +340,7 @@ struct engine::impl final : detail::engine_spawner {
         co_await io::sleep_for(std::chrono::milliseconds(10));
         continue;
       }
-      pool->spawn(pick_reactor(), serve_conn(std::move(*s)));
+      pool_->spawn(pick_reactor(), serve_conn(std::move(*s)));
     }
   }
 
@@ -382,169 +402,6 @@ struct engine::impl final : detail::engine_spawner {
     if (d) set_desc(*p, std::move(*d));
   }
 
-  // Ends a connection from any thread: the shutdown runs on the connection's reactor, where its fd
-  // cannot have been closed and reused under us.
-  void shutdown_conn(std::shared_ptr<detail::client_conn> c) {
-    struct item : coro::work_item {
-      std::shared_ptr<detail::client_conn> c;
-    };
-    auto* it = new item;
-    it->c = std::move(c);
-    it->run = [](coro::work_item* w) noexcept {
-      auto* self = static_cast<item*>(w);
-      self->c->shutdown();
-      delete self;
-    };
-    it->c->home().post(it);
-  }
-
-  // The connection of slot `ci` of peer `p`, connecting (and handshaking) when needed. Runs on the
-  // slot's home reactor.
-  task<result<std::shared_ptr<detail::client_conn>>> ensure_conn(std::shared_ptr<peer> p, std::size_t ci,
-                                                                 std::uint64_t expected_incarnation) {
-    auto& slot = p->conns[ci];
-    if (slot.conn && !slot.conn->broken()) co_return slot.conn;
-    auto guard = co_await slot.connect_mu->lock();
-    if (!guard) co_return fail(guard.error());
-    if (slot.conn && !slot.conn->broken()) co_return slot.conn;
-    slot.conn.reset();
-    auto desc = p->snapshot();
-    auto addr = io::address::parse(desc->tcp_host + ":" + std::to_string(desc->tcp_port));
-    if (!addr) co_return fail(te_errc::invalid_argument);
-    auto s = co_await io::tcp_stream::connect(*addr).with_timeout(cfg.connect_timeout);
-    if (!s) {
-      log::info("engine {}: connecting to {} ({}) failed: {}", name, p->name, addr->to_string(),
-                s.error().message());
-      co_return fail(te_errc::peer_unreachable);
-    }
-    auto c = std::make_shared<detail::client_conn>(pool->at(slot.home), std::move(*s), cfg.max_slice_size);
-    c->start(slot.home, *this);
-    // Handshake: who is listening there now? A restarted peer has a new incarnation.
-    wire::header h;
-    h.type = wire::frame_type::desc_req;
-    std::string body;
-    auto ec = co_await c->call(h, {}, nullptr, &body);
-    if (ec) {
-      c->shutdown();
-      co_return fail(te_errc::handshake_socket);
-    }
-    auto d = segment_desc::from_json(body);
-    if (!d) {
-      c->shutdown();
-      co_return fail(te_errc::handshake_invalid_message);
-    }
-    if (d->incarnation != expected_incarnation) {
-      set_desc(*p, std::move(*d));
-      c->shutdown();
-      co_return fail(te_errc::stale_segment);
-    }
-    slot.conn = c;
-    co_return c;
-  }
-
-  task<std::error_code> tcp_slice(std::shared_ptr<peer> p, std::size_t ci, opcode op, std::byte* local,
-                                  std::uint64_t remote, std::uint64_t len, std::uint64_t inc) {
-    io::reactor& home = pool->at(p->conns[ci].home);
-    if (io::reactor::current() != &home) co_await home.schedule();
-    auto c = co_await ensure_conn(p, ci, inc);
-    if (!c) co_return c.error();
-    wire::header h;
-    h.type = op == opcode::write ? wire::frame_type::write : wire::frame_type::read;
-    h.incarnation = inc;
-    h.addr = remote;
-    h.length = len;
-    if (op == opcode::write) co_return co_await (*c)->call(h, std::span<const std::byte>(local, len), nullptr);
-    co_return co_await (*c)->call(h, {}, local);
-  }
-
-  task<std::error_code> exec_tcp(std::shared_ptr<peer> p, std::shared_ptr<const segment_desc> d,
-                                 const transfer_request& r) {
-    const std::uint64_t slice = cfg.tcp_slice_size;
-    const std::size_t n = static_cast<std::size_t>((r.length + slice - 1) / slice);
-    auto* base = static_cast<std::byte*>(r.source);
-    if (n == 1) {
-      std::size_t ci = p->next_conn.fetch_add(1, std::memory_order_relaxed) % p->conns.size();
-      co_return co_await tcp_slice(p, ci, r.op, base, r.target_offset, r.length, d->incarnation);
-    }
-    std::vector<task<std::error_code>> parts;
-    parts.reserve(n);
-    for (std::size_t k = 0; k < n; ++k) {
-      std::uint64_t off = k * slice;
-      std::uint64_t len = std::min(slice, r.length - off);
-      std::size_t ci = p->next_conn.fetch_add(1, std::memory_order_relaxed) % p->conns.size();
-      parts.push_back(tcp_slice(p, ci, r.op, base + off, r.target_offset + off, len, d->incarnation));
-    }
-    auto results = co_await coro::when_all(std::move(parts));
-    for (auto& e : results)
-      if (e) co_return e;
-    co_return std::error_code{};
-  }
-
-  std::error_code exec_local(const transfer_request& r) {
-    memory_registry::reader rd(registry);
-    const registered_buffer* b = rd.get().find(r.target_offset, r.length);
-    if (!b || !b->remote_accessible) return make_error_code(te_errc::address_not_registered);
-    auto* target = reinterpret_cast<void*>(r.target_offset);
-    if (r.op == opcode::write)
-      std::memmove(target, r.source, r.length);
-    else
-      std::memmove(r.source, target, r.length);
-    return {};
-  }
-
-  // The peer's shareable buffer containing the range, mapped here; nullptr when shm cannot serve it.
-  result<std::byte*> shm_target(peer& p, const segment_desc& d, std::uint64_t addr, std::uint64_t len) {
-    const buffer_desc* b = d.find(addr, len);
-    if (!b) return fail(te_errc::address_not_registered);
-    if (b->shm_fd < 0) return fail(te_errc::no_transport);
-    std::lock_guard lk(p.shm_mu);
-    if (p.mapped_incarnation != d.incarnation) {
-      p.maps.clear();
-      if (p.pidfd >= 0) ::close(p.pidfd);
-      p.pidfd = open_pidfd(d.pid);
-      p.mapped_incarnation = d.incarnation;
-    }
-    // A peer that exited leaves our mapping valid but useless: writes would vanish silently.
-    if (p.pidfd >= 0) {
-      pollfd pf{p.pidfd, POLLIN, 0};
-      if (::poll(&pf, 1, 0) > 0) return fail(te_errc::peer_unreachable);
-    }
-    auto it = p.maps.find(b->shm_fd);
-    if (it == p.maps.end()) {
-      auto m = shm_mapping::open(d.pid, b->shm_fd, b->shm_size);
-      if (!m) {
-        log::info("engine {}: mapping {}'s memory failed ({}); falling back", name, p.name, m.error().message());
-        return fail(te_errc::no_transport);
-      }
-      it = p.maps.emplace(b->shm_fd, std::make_shared<shm_mapping>(std::move(*m))).first;
-    }
-    return it->second->data() + b->shm_offset + (addr - b->addr);
-  }
-
-  std::error_code exec_shm(peer& p, const segment_desc& d, const transfer_request& r) {
-    auto t = shm_target(p, d, r.target_offset, r.length);
-    if (!t) return t.error();
-    if (r.op == opcode::write)
-      std::memcpy(*t, r.source, r.length);
-    else
-      std::memcpy(r.source, *t, r.length);
-    return {};
-  }
-
-  std::vector<std::string_view> candidates(const peer& p, const segment_desc& d, const transfer_request& r) const {
-    std::vector<std::string_view> out;
-    if (p.self && offers("local")) {
-      out.push_back("local");
-      return out;
-    }
-    if (!p.self && offers("shm") && d.speaks("shm") && d.host_id == local_host_id()) {
-      const buffer_desc* b = d.find(r.target_offset, r.length);
-      if (b && b->shm_fd >= 0) out.push_back("shm");
-    }
-    if (offers("tcp") && d.speaks("tcp")) out.push_back("tcp");
-    return out;
-  }
-
   task<void> run_request(const transfer_request& r, std::error_code& out) {
     if (r.length == 0) co_return;
     if (!r.source) {
@@ -556,27 +413,22 @@ struct engine::impl final : detail::engine_spawner {
       out = make_error_code(te_errc::invalid_argument);
       co_return;
     }
-    auto d = p->snapshot();
-    if (!p->self && !d->find(r.target_offset, r.length)) {
+    if (!p->self && !p->snapshot()->find(r.target_offset, r.length)) {
       // Our copy of the descriptor may predate a registration: look again once.
       co_await refresh(p);
-      d = p->snapshot();
     }
-    auto cands = candidates(*p, *d, r);
     std::error_code ec = make_error_code(te_errc::no_transport);
     std::string_view prev;
-    for (std::string_view t : cands) {
+    for (std::size_t i = 0; i < transports.size(); ++i) {
+      transport& t = *transports[i];
+      const peer_info info = p->info(i);
+      if (!t.can_serve(info, r)) continue;
       if (!prev.empty()) {
         counters_for(prev).fallbacks_from.fetch_add(1, std::memory_order_relaxed);
-        log::info("engine {}: {} to {} failed ({}); falling back to {}", name, prev, p->name, ec.message(), t);
+        log::info("engine {}: {} to {} failed ({}); falling back to {}", name, prev, p->name, ec.message(), t.name());
       }
-      if (t == "local")
-        ec = exec_local(r);
-      else if (t == "shm")
-        ec = exec_shm(*p, *d, r);
-      else
-        ec = co_await exec_tcp(p, d, r);
-      auto& c = counters_for(t);
+      ec = co_await t.execute(info, r);
+      auto& c = counters_for(t.name());
       if (!ec) {
         c.requests.fetch_add(1, std::memory_order_relaxed);
         c.bytes.fetch_add(r.length, std::memory_order_relaxed);
@@ -586,7 +438,7 @@ struct engine::impl final : detail::engine_spawner {
       c.failures.fetch_add(1, std::memory_order_relaxed);
       if (ec == te_errc::stale_segment || ec == te_errc::peer_unreachable) co_await refresh(p);
       if (!may_fall_back(ec)) break;
-      prev = t;
+      prev = t.name();
     }
     out = ec;
   }
@@ -602,32 +454,15 @@ struct engine::impl final : detail::engine_spawner {
     co_await coro::when_all(std::move(tasks));
   }
 
-  // After a deadline: connections that still owe us responses are ended, so a stalled peer cannot
-  // hold later batches hostage.
-  void reset_connections(std::span<const transfer_request> batch, const std::vector<std::error_code>& errors) {
+  // After a deadline: whatever still owes us responses is ended, so a stalled peer cannot hold later
+  // batches hostage.
+  void abort_peers(std::span<const transfer_request> batch, const std::vector<std::error_code>& errors) {
     std::set<segment_id> seen;
     for (std::size_t i = 0; i < batch.size(); ++i) {
       if (!is_timeout(errors[i]) || !seen.insert(batch[i].segment).second) continue;
       auto p = find_peer(batch[i].segment);
       if (!p) continue;
-      for (auto& slot : p->conns) {
-        // slot.conn is owned by its home reactor: read it there.
-        struct item : coro::work_item {
-          impl* self;
-          std::shared_ptr<peer> p;
-          std::size_t ci;
-        };
-        auto* it = new item;
-        it->self = this;
-        it->p = p;
-        it->ci = static_cast<std::size_t>(&slot - p->conns.data());
-        it->run = [](coro::work_item* w) noexcept {
-          auto* x = static_cast<item*>(w);
-          if (auto& c = x->p->conns[x->ci].conn) c->shutdown();
-          delete x;
-        };
-        pool->at(slot.home).post(it);
-      }
+      for (std::size_t k = 0; k < transports.size(); ++k) transports[k]->abort(p->info(k));
     }
   }
 
@@ -641,20 +476,15 @@ struct engine::impl final : detail::engine_spawner {
       notif_event.set();
       co_return std::error_code{};
     }
+    if (!tcp) co_return make_error_code(te_errc::no_transport);
     std::string payload = name;
     payload.push_back('\0');
     payload += msg;
     if (payload.size() > wire::max_control_payload) co_return make_error_code(te_errc::invalid_argument);
-    auto d = p->snapshot();
-    io::reactor& home = pool->at(p->conns[0].home);
-    if (io::reactor::current() != &home) co_await home.schedule();
-    auto c = co_await ensure_conn(p, 0, d->incarnation);
-    if (!c) co_return c.error();
-    wire::header h;
-    h.type = wire::frame_type::notify;
-    h.incarnation = d->incarnation;
-    h.length = payload.size();
-    co_return co_await (*c)->call(h, std::as_bytes(std::span(payload)), nullptr);
+    std::size_t ti = 0;
+    while (transports[ti].get() != tcp) ++ti;
+    const peer_info info = p->info(ti);
+    co_return co_await tcp->notify(info, std::move(payload));
   }
 };
 
@@ -692,18 +522,12 @@ result<std::unique_ptr<engine>> engine::create(engine_config cfg) {
   p->host = c.listen_host == "0.0.0.0" ? "127.0.0.1" : c.listen_host;
   p->listener.emplace(std::move(*l));
   p->name = c.local_segment_name.empty() ? p->host + ":" + std::to_string(p->port) : c.local_segment_name;
-  p->pool = std::make_unique<io::reactor_pool>(c.threads);
-  p->pool->spawn(0, p->accept_loop().with_stop_token(p->stop_src.get_token()));
+  p->pool_ = std::make_unique<io::reactor_pool>(c.threads);
+  p->pool_->spawn(0, p->accept_loop().with_stop_token(p->stop_src.get_token()));
 
   // This engine as a segment of its own (transfers to self take the local path).
-  auto self = std::make_shared<peer>();
-  self->id = 0;
-  self->name = p->name;
-  self->self = true;
-  self->desc = std::make_shared<const segment_desc>(p->build_desc());
-  self->conns.resize(c.tcp_connections_per_peer);
-  for (std::size_t i = 0; i < self->conns.size(); ++i) self->conns[i].home = i % c.threads;
-  p->peers.emplace(0, self);
+  p->make_transports();
+  p->peers.emplace(0, p->make_peer(0, p->name, /*self=*/true, p->build_desc()));
   p->by_name.emplace(p->name, 0);
 
   if (p->meta) {
@@ -712,13 +536,13 @@ result<std::unique_ptr<engine>> engine::create(engine_config cfg) {
       co_return co_await self_->meta->put(ram_key(self_->name), self_->build_desc().to_json(),
                                          put_options{.lease_ttl = self_->cfg.descriptor_lease});
     };
-    auto r = p->pool->block_on(0, publish(raw));
+    auto r = p->pool_->block_on(0, publish(raw));
     if (!r) {
       log::error("engine {}: cannot publish its descriptor to {}: {}", p->name, p->meta->describe(),
                  r.error().message());
       p->stopping = true;
       p->stop_src.request_stop();
-      p->pool->stop_and_join();
+      p->pool_->stop_and_join();
       return fail(te_errc::metadata_error);
     }
   }
@@ -731,7 +555,7 @@ engine::~engine() {
   auto& p = *p_;
   if (p.meta) {
     auto unpublish = [](impl* self) -> task<result<void>> { co_return co_await self->meta->remove(ram_key(self->name)); };
-    (void)p.pool->block_on(0, unpublish(&p));
+    (void)p.pool_->block_on(0, unpublish(&p));
   }
   p.stopping = true;
   p.stop_src.request_stop();
@@ -741,24 +565,10 @@ engine::~engine() {
   }
   {
     std::lock_guard lk(p.peers_mu);
-    for (auto& [_, peer_] : p.peers)
-      for (auto& slot : peer_->conns) {
-        struct item : coro::work_item {
-          std::shared_ptr<peer> pp;
-          std::size_t ci;
-        };
-        auto* it = new item;
-        it->pp = peer_;
-        it->ci = static_cast<std::size_t>(&slot - peer_->conns.data());
-        it->run = [](coro::work_item* w) noexcept {
-          auto* x = static_cast<item*>(w);
-          if (auto& c = x->pp->conns[x->ci].conn) c->shutdown();
-          delete x;
-        };
-        p.pool->at(slot.home).post(it);
-      }
+    for (auto& [_, pe] : p.peers)
+      for (std::size_t k = 0; k < p.transports.size(); ++k) p.transports[k]->close_peer(pe->info(k));
   }
-  p.pool->stop_and_join();
+  p.pool_->stop_and_join();
   // Connections are gone with their reactors; drop them before the pool's rings disappear.
   p.peers.clear();
   p.listener.reset();
@@ -767,7 +577,7 @@ engine::~engine() {
 }
 
 const std::string& engine::segment_name() const noexcept { return p_->name; }
-std::uint64_t engine::incarnation() const noexcept { return p_->incarnation; }
+std::uint64_t engine::incarnation() const noexcept { return p_->incarnation_; }
 std::uint16_t engine::port() const noexcept { return p_->port; }
 const engine_config& engine::config() const noexcept { return p_->cfg; }
 
@@ -786,14 +596,22 @@ result<void> engine::register_memory(void* addr, std::size_t length, std::string
       b.shm_size = it->second.size;
     }
   }
-  if (auto r = p_->registry.add(b); !r) return r;
+  if (auto r = p_->registry_.add(b); !r) return r;
+  for (std::size_t k = 0; k < p_->transports.size(); ++k) {
+    if (auto r = p_->transports[k]->on_register(b); !r) {
+      while (k-- > 0) p_->transports[k]->on_unregister(b);
+      (void)p_->registry_.remove(b.addr);
+      return r;
+    }
+  }
   p_->schedule_publish();
   return ok();
 }
 
 result<void> engine::unregister_memory(void* addr) {
-  auto r = p_->registry.remove(reinterpret_cast<std::uint64_t>(addr));
+  auto r = p_->registry_.remove(reinterpret_cast<std::uint64_t>(addr));
   if (!r) return fail(r.error());
+  for (auto& t : p_->transports) t->on_unregister(*r);
   p_->schedule_publish();
   return ok();
 }
@@ -823,7 +641,7 @@ result<void> engine::free_shared(void* addr) {
     b = it->second;
     p_->shm_blocks.erase(it);
   }
-  (void)p_->registry.remove(reinterpret_cast<std::uint64_t>(addr));
+  (void)p_->registry_.remove(reinterpret_cast<std::uint64_t>(addr));
   p_->schedule_publish();
   shm_free(b);
   return ok();
@@ -836,7 +654,7 @@ task<result<segment_id>> engine::open_segment(std::string name) {
     if (auto it = p.by_name.find(name); it != p.by_name.end()) co_return it->second;
   }
   coro::executor* caller = coro::current_executor();
-  if (!p.on_engine_thread()) co_await p.pool->at(p.pick_reactor()).schedule();
+  if (!p.on_engine_thread()) co_await p.pool_->at(p.pick_reactor()).schedule();
   auto d = co_await p.fetch_desc(name);
   if (!d) {
     co_await hop_to{caller, {}};
@@ -848,12 +666,8 @@ task<result<segment_id>> engine::open_segment(std::string name) {
     if (auto it = p.by_name.find(name); it != p.by_name.end()) {
       id = it->second;
     } else {
-      auto pe = std::make_shared<peer>();
-      id = pe->id = p.next_segment++;
-      pe->name = name;
-      pe->desc = std::make_shared<const segment_desc>(std::move(*d));
-      pe->conns.resize(p.cfg.tcp_connections_per_peer);
-      for (std::size_t i = 0; i < pe->conns.size(); ++i) pe->conns[i].home = (id + i) % p.cfg.threads;
+      id = p.next_segment++;
+      auto pe = p.make_peer(id, name, /*self=*/false, std::move(*d));
       p.peers.emplace(id, pe);
       p.by_name.emplace(name, id);
     }
@@ -873,24 +687,7 @@ result<void> engine::close_segment(segment_id id) {
     p_->by_name.erase(pe->name);
     p_->peers.erase(it);
   }
-  for (auto& slot : pe->conns) {
-    struct item : coro::work_item {
-      std::shared_ptr<peer> pp;
-      std::size_t ci;
-    };
-    auto* it = new item;
-    it->pp = pe;
-    it->ci = static_cast<std::size_t>(&slot - pe->conns.data());
-    it->run = [](coro::work_item* w) noexcept {
-      auto* x = static_cast<item*>(w);
-      if (auto& c = x->pp->conns[x->ci].conn) {
-        c->shutdown();
-        c.reset();
-      }
-      delete x;
-    };
-    p_->pool->at(slot.home).post(it);
-  }
+  for (std::size_t k = 0; k < p_->transports.size(); ++k) p_->transports[k]->close_peer(pe->info(k));
   return ok();
 }
 
@@ -913,13 +710,13 @@ task<batch_result> engine::transfer(std::span<const transfer_request> batch, bat
   // A caller on any reactor (the engine's or its own) runs the batch where it is: local and shm
   // copies then cost no thread hop at all, and tcp slices hop only to their connection's reactor. A
   // plain thread has no reactor for the deadline timer, so it borrows one of the engine's.
-  if (!io::reactor::current()) co_await p.pool->at(p.pick_reactor()).schedule();
+  if (!io::reactor::current()) co_await p.pool_->at(p.pick_reactor()).schedule();
   auto deadline = opts.deadline.value_or(p.cfg.batch_deadline);
   auto r = co_await io::with_timeout(p.run_batch(batch, out.errors), deadline);
   if (!r && is_timeout(r.error())) {
     for (auto& e : out.errors)
       if (is_canceled(e)) e = std::make_error_code(std::errc::timed_out);
-    p.reset_connections(batch, out.errors);
+    p.abort_peers(batch, out.errors);
   }
   if (!opts.notify.empty()) {
     std::set<segment_id> targets;
@@ -966,7 +763,7 @@ result<batch_id> engine::submit(std::vector<transfer_request> batch, batch_optio
     s->done.store(true, std::memory_order_release);
     s->done.notify_all();
   };
-  p_->pool->spawn(p_->pick_reactor(), run(this, st, std::move(opts)));
+  p_->pool_->spawn(p_->pick_reactor(), run(this, st, std::move(opts)));
   return id;
 }
 
