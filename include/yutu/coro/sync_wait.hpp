@@ -1,13 +1,18 @@
 // sync_wait: blocks a plain (non-reactor) thread until a task completes, wherever it completes.
 //
 // The task starts on the calling thread and may hop to reactor threads (co_await r.schedule()); the
-// caller sleeps on an atomic until the final resumption, then returns the value or rethrows. Driving a
-// reactor from the calling thread is reactor::block_on's job, not this one's.
+// caller sleeps until the final resumption, then returns the value or rethrows. Driving a reactor from
+// the calling thread is reactor::block_on's job, not this one's.
+//
+// The completion is signalled with a mutex and a condition variable, notified under the lock: with an
+// atomic flag, the caller could see it set, return and destroy the frame while the finishing thread
+// was still inside notify() on that frame.
 #pragma once
 
-#include <atomic>
+#include <condition_variable>
 #include <coroutine>
 #include <exception>
+#include <mutex>
 #include <stop_token>
 #include <utility>
 
@@ -19,7 +24,9 @@ namespace detail {
 class sync_wait_task {
  public:
   struct promise_type {
-    std::atomic<bool> done{false};
+    std::mutex mutex;
+    std::condition_variable cv;
+    bool done = false;
     sync_wait_task get_return_object() noexcept {
       return sync_wait_task{std::coroutine_handle<promise_type>::from_promise(*this)};
     }
@@ -27,9 +34,10 @@ class sync_wait_task {
     struct final_awaiter {
       bool await_ready() noexcept { return false; }
       void await_suspend(std::coroutine_handle<promise_type> h) noexcept {
-        auto& d = h.promise().done;
-        d.store(true, std::memory_order_release);
-        d.notify_one();
+        promise_type& p = h.promise();
+        std::lock_guard lock(p.mutex);
+        p.done = true;
+        p.cv.notify_one();
       }
       void await_resume() noexcept {}
     };
@@ -44,8 +52,9 @@ class sync_wait_task {
   }
   void run_and_wait() noexcept {
     h_.resume();
-    auto& d = h_.promise().done;
-    while (!d.load(std::memory_order_acquire)) d.wait(false, std::memory_order_acquire);
+    promise_type& p = h_.promise();
+    std::unique_lock lock(p.mutex);
+    p.cv.wait(lock, [&] { return p.done; });
   }
 
  private:
