@@ -81,7 +81,7 @@ struct object_entry {
   time_point lease_until{};
   time_point soft_pin_until{};
   time_point last_access{};
-  // Exact LRU over complete objects, oldest at the head.
+  // Exact LRU over complete objects that are not hard-pinned, oldest at the head.
   object_entry* lru_prev = nullptr;
   object_entry* lru_next = nullptr;
   bool in_lru = false;
@@ -370,6 +370,8 @@ struct master_state::impl {
   void touch(object_entry& o, time_point now) noexcept {
     o.last_access = now;
     lru_unlink(o);
+    // Never evicted, so never in the list an eviction round walks.
+    if (o.cur.hard_pin) return;
     o.lru_prev = lru_tail;
     o.lru_next = nullptr;
     (lru_tail ? lru_tail->lru_next : lru_head) = &o;

@@ -447,7 +447,10 @@ std::span<std::byte> frame_buffer::prepare(std::size_t n) {
       buf_.shrink_to_fit();
     }
   }
-  std::size_t want = std::max(n, need_ > buffered() ? need_ - buffered() : 0);
+  // A large frame's space grows with the bytes that arrive, not with the length its header claims:
+  // a peer that announces 64 MiB and stalls costs what it sent, not what it promised.
+  const std::size_t missing = need_ > buffered() ? need_ - buffered() : 0;
+  const std::size_t want = std::max(n, std::min(missing, std::size_t{256} << 10));
   if (buf_.size() - end_ < want) {
     if (begin_ > 0) {
       std::memmove(buf_.data(), buf_.data() + begin_, end_ - begin_);

@@ -460,4 +460,18 @@ TEST_CASE("frame buffer: several frames in one read, and a large frame grows and
   CHECK(ids == std::vector<std::uint64_t>{1, 2, 3});
   CHECK_FALSE(fb.partial());
   CHECK(fb.prepare(16).size() <= 64 * 4);  // back to its initial size once the large frame is gone
+
+  // A header announcing a large frame does not make the buffer allocate it up front.
+  rpc::header h;
+  h.type = rpc::request_type(op::exist);
+  h.length = 32u << 20;
+  auto hb = rpc::encode_header(h);
+  auto dst = fb.prepare(hb.size());
+  std::memcpy(dst.data(), hb.data(), hb.size());
+  fb.commit(hb.size());
+  auto f = fb.next({});
+  REQUIRE(f);
+  CHECK_FALSE(*f);
+  CHECK(fb.partial());
+  CHECK(fb.prepare(64).size() <= (std::size_t{1} << 20));
 }
