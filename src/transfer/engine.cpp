@@ -86,6 +86,8 @@ struct peer {
 struct engine::impl final : transport_host {
   engine_config cfg;
   std::uint64_t incarnation_ = random_incarnation();
+  // Taken by the creating thread, whose namespaces the listener and the reactor threads share.
+  std::string host_id_ = local_host_id();
   std::string name;
   std::string host;
   std::uint16_t port = 0;
@@ -138,6 +140,7 @@ struct engine::impl final : transport_host {
   const memory_registry& registry() const noexcept override { return registry_; }
   const std::string& local_name() const noexcept override { return name; }
   std::uint64_t incarnation() const noexcept override { return incarnation_; }
+  const std::string& host_id() const noexcept override { return host_id_; }
   void spawn_on(std::size_t i, task<void> t) override { pool_->spawn(i, std::move(t)); }
   void peer_restarted(segment_id id, segment_desc fresh) override {
     if (auto p = find_peer(id)) set_desc(*p, std::move(fresh));
@@ -189,7 +192,7 @@ struct engine::impl final : transport_host {
     segment_desc d;
     d.name = name;
     d.incarnation = incarnation_;
-    d.host_id = local_host_id();
+    d.host_id = host_id_;
     d.pid = ::getpid();
     d.tcp_host = host;
     d.tcp_port = port;

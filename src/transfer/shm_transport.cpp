@@ -39,7 +39,7 @@ std::unique_ptr<transport_peer_state> shm_transport::make_peer_state(const peer_
 }
 
 bool shm_transport::can_serve(const peer_info& peer, const transfer_request& r) const {
-  if (peer.self || !peer.desc->speaks("shm") || peer.desc->host_id != local_host_id()) return false;
+  if (peer.self || !peer.desc->speaks("shm") || peer.desc->host_id != host_.host_id()) return false;
   const buffer_desc* b = peer.desc->find(r.target_offset, r.length);
   return b && b->shm_fd >= 0;
 }

@@ -1,6 +1,7 @@
 // Descriptor (de)serialization and small helpers of the transfer vocabulary.
 #include "yutu/transfer/types.hpp"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -118,8 +119,8 @@ result<segment_desc> segment_desc::from_json(std::string_view text) {
   }
 }
 
-const std::string& local_host_id() {
-  static const std::string id = [] {
+std::string local_host_id() {
+  static const std::string machine = [] {
     std::string boot;
     std::ifstream f("/proc/sys/kernel/random/boot_id");
     std::getline(f, boot);
@@ -127,7 +128,12 @@ const std::string& local_host_id() {
     ::gethostname(host, sizeof host - 1);
     return boot + "/" + host;
   }();
-  return id;
+  // Per call, not cached: namespaces belong to threads, and setns(2) moves one.
+  auto ns = [](const char* path) {
+    struct stat st {};
+    return ::stat(path, &st) == 0 ? std::to_string(st.st_ino) : std::string("?");
+  };
+  return machine + "/net:" + ns("/proc/thread-self/ns/net") + "/pid:" + ns("/proc/thread-self/ns/pid");
 }
 
 }  // namespace yutu::transfer

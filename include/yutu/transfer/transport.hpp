@@ -53,6 +53,8 @@ class transport_host {
   virtual const memory_registry& registry() const noexcept = 0;
   virtual const std::string& local_name() const noexcept = 0;
   virtual std::uint64_t incarnation() const noexcept = 0;
+  // This engine's host identity (local_host_id() where it was created), as in its descriptor.
+  virtual const std::string& host_id() const noexcept = 0;
   // A handshake found the peer restarted: the engine replaces its cached descriptor.
   virtual void peer_restarted(segment_id id, segment_desc fresh) = 0;
   // Starts a detached task on reactor i of the engine.

@@ -60,7 +60,7 @@ struct buffer_desc {
 struct segment_desc {
   std::string name;
   std::uint64_t incarnation = 0;
-  std::string host_id;  // boot id + hostname: equal means "same host"
+  std::string host_id;  // local_host_id() of the engine: equal means "same host"
   int pid = 0;
   std::string tcp_host;  // where the engine's TCP service listens
   std::uint16_t tcp_port = 0;
@@ -75,7 +75,10 @@ struct segment_desc {
   static result<segment_desc> from_json(std::string_view text);
 };
 
-// This machine's identity for "same host" decisions: /proc/sys/kernel/random/boot_id plus hostname.
-const std::string& local_host_id();
+// The calling thread's identity for "same host" decisions (shm): the boot id, the hostname, and the
+// network and pid namespaces. Two network namespaces are two hosts (a peer's loopback address means
+// another stack), and a peer in another pid namespace publishes a pid that /proc/<pid> here resolves
+// to some other process, so its memfd cannot be reached by that path.
+std::string local_host_id();
 
 }  // namespace yutu::transfer
