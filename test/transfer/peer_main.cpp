@@ -6,7 +6,7 @@
 //   fill SEED        -> refills the buffer with the pattern of SEED, prints "ok"
 //   notes            -> prints the notifications received so far, one per line, then "end"
 //   exit             -> exits cleanly
-// Flags: --transports a,b  --size N  --shared  --port P  --metadata CONN  --name NAME  --close-memfd
+// Flags: --transports a,b  --size N  --shared  --host H  --port P  --metadata CONN  --name NAME  --close-memfd
 #include <unistd.h>
 
 #include <cstdint>
@@ -47,6 +47,8 @@ int main(int argc, char** argv) {
       shared = true;
     } else if (a == "--close-memfd") {
       close_memfd = true;
+    } else if (a == "--host") {
+      cfg.listen_host = next();
     } else if (a == "--port") {
       cfg.listen_port = static_cast<std::uint16_t>(std::stoi(next()));
     } else if (a == "--metadata") {
