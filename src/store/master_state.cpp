@@ -104,6 +104,8 @@ struct segment_entry {
   bool mounted = false;
   std::unique_ptr<offset_allocator> alloc;
   time_point last_watermark_eviction{};
+  time_point latest_deferred{};  // the latest deferred free of this mounting's replicas
+  time_point usable_from{};      // quarantined until then (see master_state.hpp)
 };
 
 struct client_entry {
@@ -164,6 +166,9 @@ struct master_state::impl {
 
   string_map<client_entry> clients;
   std::priority_queue<deferred_free, std::vector<deferred_free>, std::greater<>> deferred;
+  // Segment names unmounted while their replicas could still be read or written: until when.
+  string_map<time_point> quarantine;
+  time_point next_release = time_point::max();  // the earliest usable_from of a quarantined segment
   time_point last_maintenance{};
   bool maintained_once = false;
 
@@ -188,13 +193,18 @@ struct master_state::impl {
 
   // --- segments ---------------------------------------------------------------------------------
 
-  void rebuild_targets() {
+  void rebuild_targets(time_point now) {
     targets.clear();
     max_capacity = 0;
+    next_release = time_point::max();
     target_of_slot.assign(segments.size(), UINT32_MAX);
     for (std::uint32_t i = 0; i < segments.size(); ++i) {
       const segment_entry& s = segments[i];
       if (!s.mounted) continue;
+      if (s.usable_from > now) {
+        next_release = std::min(next_release, s.usable_from);
+        continue;
+      }
       target_of_slot[i] = static_cast<std::uint32_t>(targets.size());
       targets.push_back(placement_target{s.alloc.get(), i, s.host});
       max_capacity = std::max(max_capacity, s.alloc->capacity());
@@ -221,6 +231,8 @@ struct master_state::impl {
         free_now(r);
       } else {
         deferred.push(deferred_free{at, r.segment, r.generation, r.alloc});
+        segment_entry& s = segments[r.segment];
+        if (s.generation == r.generation) s.latest_deferred = std::max(s.latest_deferred, at);
       }
     }
   }
@@ -261,24 +273,36 @@ struct master_state::impl {
     s.mounted = true;
     s.alloc = std::move(alloc);
     s.last_watermark_eviction = time_point{};
+    s.latest_deferred = time_point{};
+    s.usable_from = time_point{};
+    if (auto q = quarantine.find(seg.name); q != quarantine.end()) {
+      if (q->second > now) s.usable_from = q->second;
+      quarantine.erase(q);
+    }
     segment_by_name.emplace(seg.name, slot);
     client_entry& c = clients[client];
     c.last_seen = now;
     c.segments.push_back(slot);
-    rebuild_targets();
+    rebuild_targets(now);
     return ok();
   }
 
   // Drops every replica in the segment, then the segment.
   void unmount_slot(std::uint32_t slot) {
+    const time_point now = clock();
     const auto drop = [slot](std::vector<replica_slot>& rs) {
-      std::erase_if(rs, [slot](const replica_slot& r) { return r.segment == slot; });
+      return std::erase_if(rs, [slot](const replica_slot& r) { return r.segment == slot; }) > 0;
     };
+    // Until when a reader (inside its lease) or a writer (inside put_start_timeout) may still touch
+    // this memory through a replica dropped here; a re-mount of the segment waits for it. Capped: no
+    // lease outlives default_kv_lease_ttl from now, and a write older than put_start_timeout is stale.
+    time_point until = segments[slot].latest_deferred;
+    const auto touched_until = [&until](time_point t) { until = std::max(until, t); };
     for (auto it = objects.begin(); it != objects.end();) {
       object_entry& o = it->second;
-      drop(o.cur.replicas);
+      if (drop(o.cur.replicas)) touched_until(o.complete ? o.lease_until : o.cur.started + cfg.put_start_timeout);
       if (o.pending) {
-        drop(o.pending->replicas);
+        if (drop(o.pending->replicas)) touched_until(o.pending->started + cfg.put_start_timeout);
         if (o.pending->replicas.empty()) {
           o.pending.reset();
           unlink_flight(o);
@@ -294,19 +318,26 @@ struct master_state::impl {
       }
     }
     segment_entry& s = segments[slot];
+    until = std::min(until, now + std::max(cfg.default_kv_lease_ttl, cfg.put_start_timeout));
+    if (until > now) {
+      time_point& q = quarantine[s.info.name];
+      q = std::max(q, until);
+    }
     segment_by_name.erase(s.info.name);
     if (auto c = clients.find(s.owner); c != clients.end()) std::erase(c->second.segments, slot);
     s.mounted = false;
     ++s.generation;
     s.alloc.reset();
     s.owner.clear();
+    s.usable_from = time_point{};
     free_slots.push_back(slot);
-    rebuild_targets();
+    rebuild_targets(now);
   }
 
   // --- clients and maintenance ------------------------------------------------------------------
 
   void maintain(time_point now) {
+    if (now >= next_release) rebuild_targets(now);  // a quarantine ended
     if (maintained_once && now - last_maintenance < cfg.maintenance_interval) {
       run_deferred(now);
       return;
@@ -315,6 +346,7 @@ struct master_state::impl {
   }
 
   void tick_locked(time_point now) {
+    if (now >= next_release) rebuild_targets(now);
     if (maintained_once && cfg.stall_threshold.count() > 0 && now - last_maintenance > cfg.stall_threshold) {
       // The master itself was not running: nobody could have heard the clients' heartbeats.
       const auto gap = now - last_maintenance;
@@ -346,6 +378,7 @@ struct master_state::impl {
       }
     }
     run_deferred(now);
+    std::erase_if(quarantine, [now](const auto& q) { return q.second <= now; });
   }
 
   ping_result ping(const client_id& client, time_point now) {
@@ -746,6 +779,8 @@ struct master_state::impl {
     }
     r.key_count = objects.size();
     r.segment_count = targets.size();
+    const time_point now = clock();
+    for (const segment_entry& s : segments) r.quarantined_segments += s.mounted && s.usable_from > now ? 1 : 0;
     r.active_clients = clients.size();
     return r;
   }
@@ -999,7 +1034,10 @@ std::string master_state::metrics_text() const {
   metric("master_total_capacity_bytes", "gauge", "Total capacity across all mounted segments", m.total_capacity);
   metric("master_allocated_bytes", "gauge", "Bytes currently allocated across all segments", m.allocated);
   metric("master_key_count", "gauge", "Number of keys managed by the master", m.key_count);
-  metric("master_mounted_segments", "gauge", "Number of mounted segments", m.segment_count);
+  metric("master_mounted_segments", "gauge", "Number of mounted segments taking new replicas", m.segment_count);
+  metric("master_quarantined_segments", "gauge",
+         "Segments mounted again while old leases or writes may still touch them; no new replicas yet",
+         m.quarantined_segments);
   metric("master_active_clients", "gauge", "Number of live clients", m.active_clients);
   for (std::size_t i = 0; i < master_op_count; ++i) {
     const auto op = to_string(static_cast<master_op>(i));
@@ -1031,9 +1069,12 @@ std::string master_state::segments_json() const {
   std::lock_guard lock(impl_->mu);
   nlohmann::json segs = nlohmann::json::array();
   std::uint64_t cap = 0, used = 0;
-  for (const placement_target& t : impl_->targets) {
-    const segment_entry& s = impl_->segments[t.id];
+  const time_point now = impl_->clock();
+  for (const segment_entry& s : impl_->segments) {
+    if (!s.mounted) continue;
     const allocator_stats st = s.alloc->stats();
+    const auto quarantine_ms =
+        s.usable_from > now ? std::chrono::duration_cast<ms>(s.usable_from - now).count() : std::int64_t{0};
     cap += st.capacity;
     used += st.used;
     segs.push_back({{"name", s.info.name},
@@ -1048,7 +1089,8 @@ std::string master_state::segments_json() const {
                     {"free", st.free},
                     {"largest_free", st.largest_free},
                     {"fragmentation", st.fragmentation},
-                    {"allocations", st.allocations}});
+                    {"allocations", st.allocations},
+                    {"quarantine_ms_left", quarantine_ms}});
   }
   nlohmann::json j{{"segments", std::move(segs)}, {"total_capacity", cap}, {"allocated", used}};
   return j.dump();

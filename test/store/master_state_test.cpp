@@ -621,6 +621,89 @@ TEST_CASE("silent clients expire and lose their segments; an unknown client is t
   CHECK(m.metrics().active_clients == 2);
 }
 
+TEST_CASE("a segment re-mounted while readers may still read its old replicas is not written before their leases end") {
+  master_config cfg = fixture::base_config();
+  cfg.client_ttl = 2s;
+  cfg.default_kv_lease_ttl = 10s;
+  cfg.put_start_timeout = 5s;
+  fixture f(cfg);
+  auto& m = *f.m;
+  REQUIRE(m.mount_segment_sync("c1", seg("s1", "h1", mib, 16 * mib)).has_value());
+  REQUIRE(m.mount_segment_sync("c2", seg("s2", "h2", mib, 64 * mib)).has_value());
+  replicate_config both = replicas(2);
+  f.put("read", 4000, both, "c2");
+  f.put("idle", 4000, both, "c2");
+  auto rl = m.get_replica_list_sync("read");  // a reader now holds a lease for 10 s
+  REQUIRE(rl.has_value());
+  std::uint64_t leased_addr = 0;
+  for (auto& r : rl->replicas)
+    if (r.segment == "s1") leased_addr = r.addr;
+  REQUIRE(leased_addr != 0);
+  // c1 falls silent and is expired; its next heartbeat re-mounts the same memory.
+  for (int i = 0; i < 3; ++i) {
+    f.clock.advance(1s);
+    REQUIRE(m.ping_sync("c2").has_value());
+  }
+  CHECK(m.metrics().expired_clients == 1);
+  CHECK(m.ping_sync("c1")->need_remount);
+  REQUIRE(m.mount_segment_sync("c1", seg("s1", "h1", mib, 16 * mib)).has_value());
+  // Until the lease ends, nothing is placed in s1: the reader may still be reading there.
+  CHECK(m.metrics().quarantined_segments == 1);
+  for (int i = 0; i < 64; ++i) {
+    auto p = m.put_start_sync("c2", "new" + std::to_string(i), 4000, replicas(2));
+    REQUIRE(p.has_value());
+    for (auto& r : *p) CHECK(r.segment != "s1");
+    REQUIRE(m.put_end_sync("c2", "new" + std::to_string(i)).has_value());
+  }
+  // After it, s1 takes writes again.
+  f.clock.advance(8s);
+  REQUIRE(m.ping_sync("c1").has_value());
+  REQUIRE(m.ping_sync("c2").has_value());
+  CHECK(m.metrics().quarantined_segments == 0);
+  auto p = m.put_start_sync("c2", "after", 4000, replicas(2));
+  REQUIRE(p.has_value());
+  CHECK(p->size() == 2);
+
+  // Without a lease or a write in flight there, a re-mount is usable at once.
+  fixture g(cfg);
+  REQUIRE(g.m->mount_segment_sync("c1", seg("s1", "h1", mib, 16 * mib)).has_value());
+  REQUIRE(g.m->mount_segment_sync("c2", seg("s2", "h2", mib, 64 * mib)).has_value());
+  g.put("idle", 4000, both, "c2");
+  for (int i = 0; i < 3; ++i) {
+    g.clock.advance(1s);
+    REQUIRE(g.m->ping_sync("c2").has_value());
+  }
+  REQUIRE(g.m->mount_segment_sync("c1", seg("s1", "h1", mib, 16 * mib)).has_value());
+  CHECK(g.m->metrics().quarantined_segments == 0);
+  CHECK(g.m->metrics().segment_count == 2);
+}
+
+TEST_CASE("a segment re-mounted while a write into its old replicas may be in flight waits for put_start_timeout") {
+  master_config cfg = fixture::base_config();
+  cfg.client_ttl = 2s;
+  cfg.put_start_timeout = 5s;
+  fixture f(cfg);
+  auto& m = *f.m;
+  REQUIRE(m.mount_segment_sync("c1", seg("s1", "h1", mib, 16 * mib)).has_value());
+  REQUIRE(m.mount_segment_sync("c2", seg("s2", "h2", mib, 64 * mib)).has_value());
+  REQUIRE(m.put_start_sync("c2", "writing", 4000, replicas(2)).has_value());  // never ended
+  for (int i = 0; i < 3; ++i) {
+    f.clock.advance(1s);
+    REQUIRE(m.ping_sync("c2").has_value());
+  }
+  REQUIRE(m.mount_segment_sync("c1", seg("s1", "h1", mib, 16 * mib)).has_value());
+  CHECK(m.metrics().quarantined_segments == 1);
+  f.clock.advance(1s);
+  REQUIRE(m.ping_sync("c1").has_value());
+  REQUIRE(m.ping_sync("c2").has_value());
+  CHECK(m.metrics().quarantined_segments == 1);  // 4 s after the put started
+  f.clock.advance(1100ms);                       // 5.1 s
+  REQUIRE(m.ping_sync("c1").has_value());
+  REQUIRE(m.ping_sync("c2").has_value());
+  CHECK(m.metrics().quarantined_segments == 0);
+  CHECK(m.metrics().segment_count == 2);
+}
+
 TEST_CASE("a master stall is not charged to the clients") {
   for (const bool rule : {true, false}) {
     master_config cfg = fixture::base_config();

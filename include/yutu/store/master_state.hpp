@@ -17,6 +17,11 @@
 //  - A master that stalled (no maintenance tick for longer than stall_threshold) does not expire its
 //    clients for the silence it caused itself (#1753, #3937): their heartbeats are moved forward by
 //    the stall.
+//  - A segment unmounted (or its client expired) while a reader held a lease on a replica there, or a
+//    write into it may still be in flight, is quarantined by name: mounted again (a re-mount after
+//    NEED_REMOUNT), it takes no new replica until the last such lease has ended and every such write
+//    is older than put_start_timeout. Otherwise a new object could be written where a reader, inside
+//    its lease, is still reading the old one, and the reader would get another object's bytes.
 //  - Eviction is exact LRU over complete objects (last access = put_end or lease grant), skips
 //    leased, in-flight and hard-pinned objects, takes soft-pinned ones only after all others, and
 //    evicts a group only whole. It runs when a placement fails (then the placement is retried once)
@@ -124,7 +129,8 @@ struct master_metrics {
   std::uint64_t total_capacity = 0;
   std::uint64_t allocated = 0;  // includes replicas waiting for a lease to end before their free
   std::uint64_t key_count = 0;
-  std::uint64_t segment_count = 0;
+  std::uint64_t segment_count = 0;  // mounted and taking new replicas
+  std::uint64_t quarantined_segments = 0;  // mounted again, not yet taking new replicas (see below)
   std::uint64_t active_clients = 0;
 
   std::uint64_t requests_of(master_op op) const noexcept { return requests[static_cast<std::size_t>(op)]; }
