@@ -14,6 +14,7 @@
 #include "transfer/peer_util.hpp"
 #include "yutu/coro/sync_wait.hpp"
 #include "yutu/coro/when_all.hpp"
+#include "yutu/io/op.hpp"
 #include "yutu/io/reactor.hpp"
 #include "yutu/store/client.hpp"
 #include "yutu/store/embedded.hpp"
@@ -461,6 +462,129 @@ TEST_CASE("from a plain thread through sync_wait, and an object larger than any 
   CHECK(yutu::sync_wait(b->get_into("big", dst.p, big)).value() == big);
   CHECK(std::memcmp(dst.p, src.p, 1 * mib) == 0);
   CHECK(std::memcmp(dst.p + big - 1 * mib, src.p + big - 1 * mib, 1 * mib) == 0);
+}
+
+namespace {
+
+// The master, with every lookup answered 50 ms late: the reads that follow it start after their lease
+// (10 ms here) has ended.
+class late_lookups final : public yutu::store::master_service {
+ public:
+  explicit late_lookups(master_state& m) : m_(m) {}
+  using replica_list = yutu::store::replica_list;
+  using replica_desc = yutu::store::replica_desc;
+  using client_id = yutu::store::client_id;
+
+  task<result<replica_list>> get_replica_list(std::string key) override {
+    auto r = co_await m_.get_replica_list(std::move(key));
+    (void)co_await yutu::io::sleep_for(50ms);
+    co_return r;
+  }
+  task<std::vector<result<replica_list>>> batch_get_replica_list(std::vector<std::string> keys) override {
+    auto r = co_await m_.batch_get_replica_list(std::move(keys));
+    (void)co_await yutu::io::sleep_for(50ms);
+    co_return r;
+  }
+  task<result<yutu::store::match_result>> match_prefix(std::vector<std::string> keys) override {
+    auto r = co_await m_.match_prefix(std::move(keys));
+    (void)co_await yutu::io::sleep_for(50ms);
+    co_return r;
+  }
+
+  task<result<void>> mount_segment(client_id c, yutu::store::segment_info s) override {
+    return m_.mount_segment(std::move(c), std::move(s));
+  }
+  task<result<void>> unmount_segment(client_id c, std::string s) override {
+    return m_.unmount_segment(std::move(c), std::move(s));
+  }
+  task<result<yutu::store::ping_result>> ping(client_id c) override { return m_.ping(std::move(c)); }
+  task<result<std::vector<replica_desc>>> put_start(client_id c, std::string k, std::uint64_t n,
+                                                  replicate_config cfg) override {
+    return m_.put_start(std::move(c), std::move(k), n, std::move(cfg));
+  }
+  task<result<void>> put_end(client_id c, std::string k) override { return m_.put_end(std::move(c), std::move(k)); }
+  task<result<void>> put_revoke(client_id c, std::string k) override {
+    return m_.put_revoke(std::move(c), std::move(k));
+  }
+  task<result<std::vector<replica_desc>>> upsert_start(client_id c, std::string k, std::uint64_t n,
+                                                     replicate_config cfg) override {
+    return m_.upsert_start(std::move(c), std::move(k), n, std::move(cfg));
+  }
+  task<std::vector<result<std::vector<replica_desc>>>> batch_put_start(client_id c, std::vector<std::string> k,
+                                                                     std::vector<std::uint64_t> n,
+                                                                     replicate_config cfg) override {
+    return m_.batch_put_start(std::move(c), std::move(k), std::move(n), std::move(cfg));
+  }
+  task<std::vector<result<void>>> batch_put_end(client_id c, std::vector<std::string> k) override {
+    return m_.batch_put_end(std::move(c), std::move(k));
+  }
+  task<std::vector<result<void>>> batch_put_revoke(client_id c, std::vector<std::string> k) override {
+    return m_.batch_put_revoke(std::move(c), std::move(k));
+  }
+  task<result<bool>> exist(std::string k) override { return m_.exist(std::move(k)); }
+  task<std::vector<result<bool>>> batch_exist(std::vector<std::string> k) override {
+    return m_.batch_exist(std::move(k));
+  }
+  task<result<std::uint64_t>> get_size(std::string k) override { return m_.get_size(std::move(k)); }
+  task<result<void>> remove(std::string k, bool force) override { return m_.remove(std::move(k), force); }
+  task<std::vector<result<void>>> batch_remove(std::vector<std::string> k, bool force) override {
+    return m_.batch_remove(std::move(k), force);
+  }
+  task<result<std::uint64_t>> remove_all(bool force) override { return m_.remove_all(force); }
+
+ private:
+  master_state& m_;
+};
+
+}  // namespace
+
+TEST_CASE("a read that ends after its lease fails with lease_expired in every get form, never with bytes") {
+  master_config cfg = quiet_master();
+  cfg.default_kv_lease_ttl = 10ms;
+  master_state m(cfg);
+  late_lookups late(m);
+  auto node = make_client(m, 8 * mib);
+  client_config cc;
+  cc.engine_threads = 1;
+  auto cr = client::create(cc, late);
+  REQUIRE(cr);
+  auto& c = **cr;
+  yutu::io::reactor r;
+  auto v = pattern(100 * kib, 3);
+  REQUIRE(r.block_on(c.put("k", v)));
+  REQUIRE(r.block_on(c.put("k2", v)));
+
+  auto g = r.block_on(c.get("k"));
+  REQUIRE_FALSE(g);
+  CHECK(g.error() == errc::lease_expired);
+
+  buffer dst(200 * kib), dst2(200 * kib);
+  REQUIRE(c.register_buffer(dst.p, dst.n));
+  REQUIRE(c.register_buffer(dst2.p, dst2.n));
+  auto gi = r.block_on(c.get_into("k", dst.p, dst.n));
+  REQUIRE_FALSE(gi);
+  CHECK(gi.error() == errc::lease_expired);
+
+  std::vector<std::string> keys{"k", "k2"};
+  std::vector<void*> dsts{dst.p, dst2.p};
+  std::vector<std::uint64_t> sizes{dst.n, dst2.n};
+  auto bg = r.block_on(c.batch_get_into(keys, dsts, sizes));
+  REQUIRE(bg.size() == 2);
+  for (auto& x : bg) {
+    REQUIRE_FALSE(x);
+    CHECK(x.error() == errc::lease_expired);
+  }
+  auto vals = r.block_on(c.batch_get(keys));
+  REQUIRE(vals.size() == 2);
+  for (auto& x : vals) {
+    REQUIRE_FALSE(x);
+    CHECK(x.error() == errc::lease_expired);
+  }
+  // load_prefix reports no block loaded: the hits it read are not trusted.
+  auto lp = r.block_on(c.load_prefix(keys, dsts, sizes));
+  REQUIRE(lp);
+  CHECK(*lp == 0);
+  CHECK(c.stats().get_failures >= 6);
 }
 
 TEST_CASE("embedded mode: master, metadata and RPC servers, a storage node; clients in and out of process") {
