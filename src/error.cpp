@@ -69,6 +69,7 @@ struct engine_category_impl final : std::error_category {
       case te_errc::no_transport: return "no transport shared by both peers worked";
       case te_errc::stale_segment: return "stale segment descriptor: the peer restarted";
       case te_errc::peer_unreachable: return "peer unreachable";
+      case te_errc::retries_exhausted: return "retries exhausted: every rail failed or is paused";
     }
     return "unknown yutu transfer error " + std::to_string(v);
   }

@@ -77,6 +77,7 @@ enum class te_errc : int {
   no_transport = -2101,      // no transport that both peers share worked
   stale_segment = -2102,     // the peer restarted: its incarnation id changed
   peer_unreachable = -2103,
+  retries_exhausted = -2104,  // RDMA: every retry of a slice failed, or every rail is paused
 };
 
 const std::error_category& store_category() noexcept;

@@ -131,7 +131,7 @@ struct engine::impl final : transport_host {
   std::vector<std::unique_ptr<transport>> transports;
   detail::tcp_transport* tcp = nullptr;  // also carries notifications
 
-  transport_counters local_c, shm_c, tcp_c, none_c;
+  transport_counters local_c, shm_c, tcp_c, rdma_c, none_c;
   std::atomic<std::size_t> rr{0};
 
   // --- transport_host ---
@@ -156,7 +156,8 @@ struct engine::impl final : transport_host {
         auto tt = std::make_unique<detail::tcp_transport>(*this);
         tcp = tt.get();
         transports.push_back(std::move(tt));
-      }
+      } else if (t == "rdma")
+        transports.push_back(detail::make_rdma_transport(*this));
     }
   }
   std::shared_ptr<peer> make_peer(segment_id id, std::string pname, bool self, segment_desc d) {
@@ -174,6 +175,7 @@ struct engine::impl final : transport_host {
     if (t == "local") return local_c;
     if (t == "shm") return shm_c;
     if (t == "tcp") return tcp_c;
+    if (t == "rdma") return rdma_c;
     return none_c;
   }
   bool offers(std::string_view t) const {
@@ -318,6 +320,34 @@ struct engine::impl final : transport_host {
             resp.status = static_cast<int>(te_errc::too_many_requests);
           break;
         }
+        case wire::frame_type::transport_req: {
+          // A transport's control message (the RDMA queue pair handshake): name NUL body.
+          resp.type = wire::frame_type::transport_resp;
+          body.assign(h->length, '\0');
+          stream_ok = static_cast<bool>(co_await detail::recv_all(s, std::as_writable_bytes(std::span(body))));
+          if (!stream_ok) break;
+          auto nul = body.find('\0');
+          transport* target = nullptr;
+          if (nul != std::string::npos)
+            for (auto& t : transports)
+              if (t->name() == std::string_view(body).substr(0, nul)) target = t.get();
+          if (h->incarnation != 0 && h->incarnation != incarnation_) {
+            resp.status = static_cast<int>(te_errc::stale_segment);
+          } else if (!target) {
+            resp.status = static_cast<int>(te_errc::no_transport);
+          } else {
+            auto answer = target->on_peer_request(std::string_view(body).substr(nul + 1));
+            if (!answer) {
+              resp.status = answer.error().category() == engine_category() ? answer.error().value()
+                                                                            : static_cast<int>(te_errc::handshake_reject);
+            } else {
+              body = std::move(*answer);
+              resp.length = body.size();
+              payload = std::as_bytes(std::span(body));
+            }
+          }
+          break;
+        }
         default:
           log::warn("engine {}: unexpected frame type {} from a client; closing", name, static_cast<int>(h->type));
           stream_ok = false;
@@ -372,6 +402,37 @@ struct engine::impl final : transport_host {
     auto d = segment_desc::from_json(body);
     if (!d) co_return fail(te_errc::handshake_invalid_message);
     co_return std::move(*d);
+  }
+
+  // One request on a fresh connection: transport control messages are rare (a handshake per endpoint).
+  task<result<std::string>> peer_request(const peer_info& pi, std::string transport_name, std::string msg) override {
+    const segment_desc& d = *pi.desc;
+    auto addr = io::address::parse(d.tcp_host + ":" + std::to_string(d.tcp_port));
+    if (!addr) co_return fail(te_errc::invalid_argument);
+    auto s = co_await io::tcp_stream::connect(*addr).with_timeout(cfg.connect_timeout);
+    if (!s) co_return fail(is_timeout(s.error()) ? te_errc::handshake_timeout : te_errc::handshake_socket);
+    std::string payload = std::move(transport_name);
+    payload.push_back('\0');
+    payload += msg;
+    if (payload.size() > wire::max_control_payload) co_return fail(te_errc::invalid_argument);
+    wire::header h;
+    h.type = wire::frame_type::transport_req;
+    h.incarnation = d.incarnation;
+    h.length = payload.size();
+    auto hb = wire::encode(h);
+    if (!co_await detail::send_frame(s->fd(), hb, std::as_bytes(std::span(payload))))
+      co_return fail(te_errc::handshake_socket);
+    wire::header_bytes rb;
+    auto r1 = co_await io::with_timeout(detail::recv_all(*s, rb), cfg.connect_timeout);
+    if (!r1) co_return fail(is_timeout(r1.error()) ? te_errc::handshake_timeout : te_errc::handshake_socket);
+    auto rh = wire::decode(rb, cfg.max_slice_size);
+    if (!rh || rh->type != wire::frame_type::transport_resp) co_return fail(te_errc::handshake_invalid_message);
+    if (rh->status != 0) co_return fail(std::error_code(rh->status, engine_category()));
+    std::string answer(rh->length, '\0');
+    auto r2 = co_await io::with_timeout(detail::recv_all(*s, std::as_writable_bytes(std::span(answer))),
+                                        cfg.connect_timeout);
+    if (!r2) co_return fail(is_timeout(r2.error()) ? te_errc::handshake_timeout : te_errc::handshake_socket);
+    co_return answer;
   }
 
   task<result<segment_desc>> fetch_desc(std::string name_) {
@@ -545,6 +606,7 @@ result<std::unique_ptr<engine>> engine::create(engine_config cfg) {
                  r.error().message());
       p->stopping = true;
       p->stop_src.request_stop();
+      for (auto& t : p->transports) t->shutdown();
       p->pool_->stop_and_join();
       return fail(te_errc::metadata_error);
     }
@@ -571,6 +633,7 @@ engine::~engine() {
     for (auto& [_, pe] : p.peers)
       for (std::size_t k = 0; k < p.transports.size(); ++k) p.transports[k]->close_peer(pe->info(k));
   }
+  for (auto& t : p.transports) t->shutdown();
   p.pool_->stop_and_join();
   // Connections are gone with their reactors; drop them before the pool's rings disappear.
   p.peers.clear();
@@ -851,7 +914,7 @@ std::string engine::metrics_text() const {
   auto line = [&](const char* metric, std::string_view t, std::uint64_t v) {
     out += fmt::format("yutu_transfer_{}{{segment=\"{}\",transport=\"{}\"}} {}\n", metric, p_->name, t, v);
   };
-  for (std::string_view t : {"local", "shm", "tcp"}) {
+  for (std::string_view t : {"local", "shm", "tcp", "rdma"}) {
     const auto& c = p_->counters_for(t);
     line("requests_total", t, c.requests.load());
     line("bytes_total", t, c.bytes.load());

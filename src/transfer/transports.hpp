@@ -53,4 +53,7 @@ class tcp_transport final : public transport, public engine_spawner {
                               std::uint64_t remote, std::uint64_t len);
 };
 
+// RDMA (src/transfer/rdma/rdma_transport.cpp): RC queue pairs over the verbs of engine_config::rdma.
+std::unique_ptr<transport> make_rdma_transport(transport_host& host);
+
 }  // namespace yutu::transfer::detail

@@ -81,6 +81,10 @@ std::string segment_desc::to_json() const {
     if (b.shm_fd >= 0) jb["shm"] = {{"fd", b.shm_fd}, {"offset", b.shm_offset}, {"size", b.shm_size}};
     bufs.push_back(std::move(jb));
   }
+  for (const auto& [k, v] : extensions) {
+    auto e = nlohmann::json::parse(v, nullptr, /*allow_exceptions=*/false);
+    if (!e.is_discarded()) j["ext"][k] = std::move(e);
+  }
   j["version"] = 1;
   return j.dump();
 }
@@ -99,6 +103,8 @@ result<segment_desc> segment_desc::from_json(std::string_view text) {
       d.tcp_port = t->at("port").get<std::uint16_t>();
     }
     d.transports = j.value("transports", std::vector<std::string>{});
+    if (auto e = j.find("ext"); e != j.end() && e->is_object())
+      for (auto it = e->begin(); it != e->end(); ++it) d.extensions[it.key()] = it.value().dump();
     for (const auto& jb : j.at("buffers")) {
       buffer_desc b;
       b.addr = jb.at("addr").get<std::uint64_t>();

@@ -6,13 +6,52 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "yutu/error.hpp"
+#include "yutu/transfer/rdma/retry.hpp"
 
 namespace yutu::transfer {
+
+namespace rdma {
+class verbs;
+}
+
+// The RDMA transport's settings (docs/rdma.md).
+struct rdma_options {
+  // NICs to use by ibverbs name; empty: every device found.
+  std::vector<std::string> devices;
+  // Work-request size a request is cut into (a short tail joins the slice before it).
+  std::uint64_t slice_size = 64u << 10;
+  // RC queue pairs per (local NIC, peer NIC) endpoint, and work requests each keeps in flight.
+  std::size_t qps_per_endpoint = 2;
+  std::uint32_t max_send_wr = 256;
+  // Slices posted as one linked list (one doorbell, one signalled completion).
+  std::size_t wrs_per_post = 16;
+  // Endpoints cached (initiator side; the target keeps as many); the least recently used goes.
+  std::size_t max_endpoints = 1024;
+  // JSON priority matrix overriding the one built from sysfs: {"cpu:0": [["mlx5_0"], ["mlx5_1"]]}.
+  std::string priority_matrix;
+  // RoCE GID index; -1 picks one (RoCE v2, the bound address's when listen_host is a NIC address).
+  int gid_index = -1;
+  std::uint8_t port = 1;
+  // Split registrations above this (0: the device's max_mr_size).
+  std::uint64_t max_mr_size = 0;
+  // Drain completion queues every loop turn while work is in flight instead of sleeping on the
+  // completion channel: lower latency, a busy core.
+  bool busy_poll = false;
+  // Deadline of one posted list of work requests; past it the queue pair is flushed and the slices
+  // retried elsewhere.
+  std::chrono::milliseconds op_timeout{5'000};
+  rdma::retry_policy retry;
+  // Where sysfs is (tests point it at fixture trees).
+  std::string sysfs_root = "/sys";
+  // The verbs implementation; null: libibverbs. Tests inject a software double.
+  std::shared_ptr<rdma::verbs> verbs;
+};
 
 struct engine_config {
   // This engine's segment name. Empty: "<host>:<port>" once the TCP service is bound (P2P style).
@@ -39,6 +78,8 @@ struct engine_config {
   std::chrono::milliseconds descriptor_lease{10'000};
   // Largest batch accepted (te_errc::too_many_requests above it).
   std::size_t max_batch_size = 1u << 16;
+  // The "rdma" transport, when listed in `transports`.
+  rdma_options rdma;
 
   static result<engine_config> from_json(std::string_view json);
   // YUTU_SEGMENT_NAME, YUTU_METADATA, YUTU_LISTEN_HOST, YUTU_LISTEN_PORT, YUTU_THREADS,

@@ -59,6 +59,10 @@ class transport_host {
   virtual void peer_restarted(segment_id id, segment_desc fresh) = 0;
   // Starts a detached task on reactor i of the engine.
   virtual void spawn_on(std::size_t reactor_index, task<void> t) = 0;
+  // Sends `body` to the same transport of `peer` (its on_peer_request) over the engine's TCP service
+  // and returns its answer; bounded by connect_timeout. For control messages such as the RDMA queue
+  // pair handshake. A non-zero status from the peer comes back as that te_errc.
+  virtual task<result<std::string>> peer_request(const peer_info& peer, std::string transport, std::string body) = 0;
 
  protected:
   ~transport_host() = default;
@@ -89,6 +93,10 @@ class transport {
   virtual void abort(const peer_info&) noexcept {}
   // The segment is being closed or the engine stops: release the peer's resources.
   virtual void close_peer(const peer_info&) noexcept {}
+  // A peer's peer_request for this transport arrived (on one of the engine's reactors).
+  virtual result<std::string> on_peer_request(std::string_view) { return fail(te_errc::no_transport); }
+  // The engine is stopping: end the tasks this transport spawned (before the reactors stop).
+  virtual void shutdown() noexcept {}
 
  protected:
   transport_host& host_;

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -66,6 +67,9 @@ struct segment_desc {
   std::uint16_t tcp_port = 0;
   std::vector<std::string> transports;  // in preference order
   std::vector<buffer_desc> buffers;     // sorted by addr
+  // What a transport publishes of its own (the RDMA NICs, priority matrix and remote keys), as JSON
+  // text per transport name; describe() fills it.
+  std::map<std::string, std::string> extensions;
 
   bool speaks(std::string_view transport) const noexcept;
   // The buffer that wholly contains [addr, addr+len), or nullptr.

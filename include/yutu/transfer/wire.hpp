@@ -30,6 +30,8 @@ enum class frame_type : std::uint8_t {
   desc_resp = 6,   // payload: descriptor JSON
   notify = 7,      // payload: a short message for the target's notification stream
   notify_ack = 8,
+  transport_req = 9,   // payload: transport name, NUL, a transport's own control message (RDMA QP handshake)
+  transport_resp = 10, // status; payload: the transport's answer
 };
 
 struct header {
@@ -80,7 +82,7 @@ inline result<header> decode(std::span<const std::byte, header_size> b, std::uin
   if (detail::get<std::uint8_t>(p + 4) != version) return fail(errc::invalid_version);
   header h;
   auto t = detail::get<std::uint8_t>(p + 5);
-  if (t < 1 || t > 8) return fail(errc::protocol_error);
+  if (t < 1 || t > 10) return fail(errc::protocol_error);
   h.type = static_cast<frame_type>(t);
   h.flags = detail::get<std::uint16_t>(p + 6);
   h.status = detail::get<std::int32_t>(p + 8);
@@ -98,6 +100,8 @@ inline result<header> decode(std::span<const std::byte, header_size> b, std::uin
       break;
     case frame_type::desc_resp:
     case frame_type::notify:
+    case frame_type::transport_req:
+    case frame_type::transport_resp:
       if (h.length > max_control_payload) return fail(errc::protocol_error);
       break;
     case frame_type::write_ack:
