@@ -48,6 +48,14 @@ using namespace yutu::transfer;
 struct options {
   std::string mode;  // "", "target", "initiator"
   std::string protocol = "tcp";
+  // --protocol rdma: the NICs to use (comma list, empty: all), how requests stripe over them ("all":
+  // every NIC preferred for every memory location; "numa": the detected priority matrix), the
+  // work-request size, queue pairs per NIC pair, and busy-polling the completion queues.
+  std::string rdma_devices;
+  std::string rdma_stripe = "all";
+  std::uint64_t rdma_slice_size = 64 << 10;
+  std::size_t rdma_qps = 2;
+  bool rdma_busy_poll = false;
   std::string operation = "write";
   std::string metadata = "P2PHANDSHAKE";
   std::string segment_id;
@@ -73,9 +81,11 @@ std::uint64_t parse_size(const std::string& s) {
 
 void usage() {
   std::printf(
-      "transfer_bench [--mode target|initiator] [--protocol tcp|shm|local] [--operation read|write]\n"
+      "transfer_bench [--mode target|initiator] [--protocol tcp|shm|local|rdma] [--operation read|write]\n"
       "               [--block-size N] [--batch-size N] [--threads N] [--engine-threads N]\n"
       "               [--duration S] [--buffer-size N] [--segment-id HOST:PORT] [--metadata CONN] [--quick]\n"
+      "               [--rdma-devices mlx5_0,mlx5_1] [--rdma-stripe all|numa] [--rdma-slice-size N]\n"
+      "               [--rdma-qps N] [--rdma-busy-poll]\n"
       "Without --mode, runs the suite on this machine against iperf3 and memcpy measured in the same run.\n");
 }
 
@@ -102,6 +112,11 @@ options parse(int argc, char** argv) {
     else if (a == "--duration") o.duration = std::stod(v());
     else if (a == "--buffer-size" || a == "--buffer_size") o.buffer_size = parse_size(v());
     else if (a == "--quick") o.quick = true;
+    else if (a == "--rdma-devices") o.rdma_devices = v();
+    else if (a == "--rdma-stripe") o.rdma_stripe = v();
+    else if (a == "--rdma-slice-size") o.rdma_slice_size = parse_size(v());
+    else if (a == "--rdma-qps") o.rdma_qps = std::stoul(v());
+    else if (a == "--rdma-busy-poll") o.rdma_busy_poll = true;
     else if (a == "--help" || a == "-h") {
       usage();
       std::exit(0);
@@ -111,8 +126,12 @@ options parse(int argc, char** argv) {
       std::exit(2);
     }
   }
-  if (o.protocol != "tcp" && o.protocol != "shm" && o.protocol != "local") {
-    std::fprintf(stderr, "transfer_bench: --protocol must be tcp, shm or local\n");
+  if (o.protocol != "tcp" && o.protocol != "shm" && o.protocol != "local" && o.protocol != "rdma") {
+    std::fprintf(stderr, "transfer_bench: --protocol must be tcp, shm, local or rdma\n");
+    std::exit(2);
+  }
+  if (o.rdma_stripe != "all" && o.rdma_stripe != "numa") {
+    std::fprintf(stderr, "transfer_bench: --rdma-stripe must be all or numa\n");
     std::exit(2);
   }
   if (o.block_size == 0 || o.batch_size == 0 || o.threads == 0) {
@@ -125,6 +144,7 @@ options parse(int argc, char** argv) {
 std::vector<std::string> transports_for(const std::string& protocol) {
   if (protocol == "shm") return {"shm", "tcp"};
   if (protocol == "local") return {"local"};
+  if (protocol == "rdma") return {"rdma"};
   return {"tcp"};
 }
 
@@ -132,6 +152,21 @@ std::unique_ptr<engine> make_engine(const options& o) {
   engine_config c;
   c.metadata = o.metadata;
   c.transports = transports_for(o.protocol);
+  for (std::size_t pos = 0; pos < o.rdma_devices.size();) {
+    auto comma = o.rdma_devices.find(',', pos);
+    if (comma == std::string::npos) comma = o.rdma_devices.size();
+    if (comma > pos) c.rdma.devices.push_back(o.rdma_devices.substr(pos, comma - pos));
+    pos = comma + 1;
+  }
+  c.rdma.slice_size = o.rdma_slice_size;
+  c.rdma.qps_per_endpoint = o.rdma_qps;
+  c.rdma.busy_poll = o.rdma_busy_poll;
+  // Striping over every listed NIC: each is preferred for CPU memory (the bench's buffers).
+  if (o.rdma_stripe == "all" && !c.rdma.devices.empty()) {
+    json m = json::object();
+    m["cpu:0"] = json::array({c.rdma.devices, json::array()});
+    c.rdma.priority_matrix = m.dump();
+  }
   c.threads = o.engine_threads;
   if (auto r = c.apply_env(); !r) {
     std::fprintf(stderr, "transfer_bench: bad YUTU_* environment: %s\n", r.error().message().c_str());
@@ -204,6 +239,12 @@ measurement run_initiator(engine& e, segment_id seg, std::uint64_t remote_base, 
   for (auto& p : local) {
     p = static_cast<std::byte*>(std::aligned_alloc(4096, (per_worker + 4095) / 4096 * 4096));
     std::memset(p, 7, per_worker);
+    // RDMA reaches only registered memory, on this side too.
+    if (o.protocol == "rdma")
+      if (auto r = e.register_memory(p, per_worker); !r) {
+        std::fprintf(stderr, "transfer_bench: register_memory: %s\n", r.error().message().c_str());
+        std::exit(2);
+      }
   }
   std::atomic<std::uint64_t> bytes{0}, reqs{0}, failures{0};
   std::vector<std::vector<double>> lat(o.threads);

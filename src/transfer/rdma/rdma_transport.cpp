@@ -221,6 +221,11 @@ struct request_ctx {
   std::size_t striped = 1;
 };
 
+// The first byte of a control message: a queue-pair handshake, or a request for our current RDMA
+// descriptor part.
+constexpr char tag_handshake = 'H';
+constexpr char tag_describe = 'D';
+
 bool retryable(wc_status s) noexcept {
   // Deterministic failures (a bad key, a bad length) would fail on every rail.
   return s != wc_status::rem_access_err && s != wc_status::loc_prot_err && s != wc_status::loc_len_err;
@@ -647,8 +652,10 @@ std::shared_ptr<const local_region> rdma_transport::local_of(std::uint64_t addr,
 
 bool rdma_transport::can_serve(const peer_info& peer, const transfer_request& r) const {
   if (nics_.empty() || !peer.desc->speaks("rdma")) return false;
+  // The target range need not be in the RDMA part yet: a registration the peer has not published is
+  // looked up from the peer itself by execute().
   auto info = remote_of(peer);
-  if (!info || info->nics.empty() || !info->find(r.target_offset, r.length)) return false;
+  if (!info || info->nics.empty()) return false;
   return local_of(reinterpret_cast<std::uint64_t>(r.source), r.length) != nullptr;
 }
 
@@ -767,7 +774,7 @@ task<std::error_code> rdma_transport::connect(const request_ctx& c, endpoint& ep
     }
     req.qps.push_back({verbs_->qp_num(*q), psn});
   }
-  auto resp = co_await host_.peer_request(c.peer, "rdma", encode(req));
+  auto resp = co_await host_.peer_request(c.peer, "rdma", std::string(1, tag_handshake) + encode(req));
   if (!resp) {
     log::info("engine {}: rdma: handshake {} -> {}/{} failed: {}", host_.local_name(), n.name, *c.peer.name, rn.name,
               resp.error().message());
@@ -799,8 +806,18 @@ task<std::error_code> rdma_transport::connect(const request_ctx& c, endpoint& ep
   co_return std::error_code{};
 }
 
-result<std::string> rdma_transport::on_peer_request(std::string_view body) {
-  auto m = decode_handshake(body);
+result<std::string> rdma_transport::on_peer_request(std::string_view msg) {
+  if (msg.empty()) return fail(te_errc::handshake_invalid_message);
+  if (msg[0] == tag_describe) {
+    // A peer missed a buffer in our published descriptor (the publication lags a registration).
+    segment_desc d;
+    describe(d);
+    auto it = d.extensions.find("rdma");
+    if (it == d.extensions.end()) return fail(te_errc::no_transport);
+    return it->second;
+  }
+  if (msg[0] != tag_handshake) return fail(te_errc::handshake_invalid_message);
+  auto m = decode_handshake(msg.substr(1));
   if (!m) return fail(m.error());
   if (m->dst_incarnation != host_.incarnation()) return fail(te_errc::stale_segment);
   int ni = -1;
@@ -882,7 +899,21 @@ task<std::error_code> rdma_transport::execute(const peer_info& peer, const trans
   c->local = local_of(reinterpret_cast<std::uint64_t>(r.source), r.length);
   if (!c->info || !c->local) co_return make_error_code(te_errc::no_transport);
   c->remote = c->info->find(r.target_offset, r.length);
-  if (!c->remote) co_return make_error_code(te_errc::address_not_registered);
+  if (!c->remote) {
+    // Our copy may predate the registration (descriptor publication is asynchronous): ask the peer.
+    auto fresh = co_await host_.peer_request(peer, "rdma", std::string(1, tag_describe));
+    if (!fresh) co_return fresh.error();
+    auto ri = parse_remote(*fresh);
+    if (!ri) co_return make_error_code(te_errc::handshake_invalid_message);
+    auto shared = std::make_shared<const remote_info>(std::move(*ri));
+    {
+      std::lock_guard lk(c->st->mu);
+      if (c->st->parsed_from == peer.desc) c->st->info = shared;
+    }
+    c->info = std::move(shared);
+    c->remote = c->info->find(r.target_offset, r.length);
+    if (!c->remote) co_return make_error_code(te_errc::address_not_registered);
+  }
 
   // Rails: the NICs both priority matrices prefer, paired up for striping, then every other pair.
   std::vector<std::string> remote_names;
