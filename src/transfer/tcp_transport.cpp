@@ -82,6 +82,9 @@ task<result<std::shared_ptr<client_conn>>> tcp_transport::ensure_conn(const peer
   auto ec = co_await c->call(h, {}, nullptr, &body);
   if (ec) {
     c->shutdown();
+    // The connection died under the handshake (a target killed between accepting and answering), or
+    // the batch's deadline cancelled it: that is what the request failed of, as for any other slice.
+    if (ec == te_errc::peer_unreachable || is_canceled(ec) || is_timeout(ec)) co_return fail(ec);
     co_return fail(te_errc::handshake_socket);
   }
   auto d = segment_desc::from_json(body);
