@@ -16,9 +16,13 @@
 #include <nlohmann/json.hpp>
 
 #include <atomic>
+#include <cerrno>
+#include <charconv>
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <thread>
@@ -78,12 +82,26 @@ cmd_result ip(const std::vector<std::string>& args) {
   ::close(out[0]);
   int st = 0;
   if (rc == 0 && ::waitpid(pid, &st, 0) == pid && WIFEXITED(st)) res.status = WEXITSTATUS(st);
+  while (!res.output.empty() && (res.output.back() == '\n' || res.output.back() == ' ')) res.output.pop_back();
   return res;
 }
 
+// Namespaces of earlier runs that died before their teardown (SIGKILL, a harness's timeout): named
+// yutu_{a,b}_<pid> with that pid gone.
+void remove_stale_namespaces() {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/run/netns", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.size() <= 7 || (name.rfind("yutu_a_", 0) != 0 && name.rfind("yutu_b_", 0) != 0)) continue;
+    int pid = 0;
+    auto [end, err] = std::from_chars(name.data() + 7, name.data() + name.size(), pid);
+    if (err != std::errc{} || end != name.data() + name.size() || pid <= 0 || pid == ::getpid()) continue;
+    if (::kill(pid, 0) != 0 && errno == ESRCH) (void)ip({"netns", "del", name});
+  }
+}
+
 // Two namespaces A and B, veth A <-> B, 10.77.x.1/24 in A and 10.77.x.2/24 in B, every link up.
-// Names carry the pid, so parallel runs do not clash; leftovers of a crashed run with the same pid are
-// removed first. Deleting a namespace deletes the veth end inside it (and with it the other end).
+// Names carry the pid, so parallel runs do not clash; leftovers of runs that died are removed first. Deleting a namespace deletes the veth end inside it (and with it the other end).
 class netns_pair {
  public:
   netns_pair() {
@@ -104,6 +122,7 @@ class netns_pair {
   std::string setup() {
     if (::geteuid() != 0) return "not root";
     if (ip_exe().empty()) return "`ip` (iproute2) is not installed";
+    remove_stale_namespaces();
     teardown();
     (void)ip({"link", "del", veth_a});
     if (auto r = ip({"netns", "add", ns_a}); r.status != 0) return "`ip netns add` failed: " + r.output;
