@@ -50,6 +50,23 @@ result<engine_config> engine_config::from_json(std::string_view text) {
     c.connect_timeout = std::chrono::milliseconds(j.value("connect_timeout_ms", c.connect_timeout.count()));
     c.descriptor_lease = std::chrono::milliseconds(j.value("descriptor_lease_ms", c.descriptor_lease.count()));
     c.max_batch_size = j.value("max_batch_size", c.max_batch_size);
+    if (auto r = j.find("rdma"); r != j.end()) {
+      auto& o = c.rdma;
+      o.devices = r->value("devices", o.devices);
+      o.slice_size = r->value("slice_size", o.slice_size);
+      o.qps_per_endpoint = r->value("qps_per_endpoint", o.qps_per_endpoint);
+      o.max_send_wr = r->value("max_send_wr", o.max_send_wr);
+      o.wrs_per_post = r->value("wrs_per_post", o.wrs_per_post);
+      o.max_endpoints = r->value("max_endpoints", o.max_endpoints);
+      // The override in Mooncake's shape, as an object or as its JSON text.
+      if (auto m = r->find("priority_matrix"); m != r->end()) o.priority_matrix = m->is_string() ? m->get<std::string>() : m->dump();
+      o.gid_index = r->value("gid_index", o.gid_index);
+      o.port = r->value("port", o.port);
+      o.max_mr_size = r->value("max_mr_size", o.max_mr_size);
+      o.busy_poll = r->value("busy_poll", o.busy_poll);
+      o.op_timeout = std::chrono::milliseconds(r->value("op_timeout_ms", o.op_timeout.count()));
+      o.retry.max_retries = r->value("max_retries", o.retry.max_retries);
+    }
   } catch (const nlohmann::json::exception&) {
     return fail(te_errc::invalid_argument);
   }
@@ -57,6 +74,10 @@ result<engine_config> engine_config::from_json(std::string_view text) {
     if (!known_transport(t)) return fail(te_errc::invalid_argument);
   if (c.threads == 0 || c.tcp_connections_per_peer == 0 || c.tcp_slice_size == 0 ||
       c.tcp_slice_size > c.max_slice_size)
+    return fail(te_errc::invalid_argument);
+  // A work request carries at most 2 GiB; a slice may grow by half through tail merging.
+  if (c.rdma.slice_size == 0 || c.rdma.slice_size > (1ull << 30) || c.rdma.qps_per_endpoint == 0 ||
+      c.rdma.max_send_wr == 0 || c.rdma.wrs_per_post == 0 || c.rdma.max_endpoints == 0 || c.rdma.retry.max_retries < 0)
     return fail(te_errc::invalid_argument);
   return c;
 }
@@ -102,6 +123,23 @@ result<void> engine_config::apply_env() {
     auto p = parse_uint<std::uint64_t>(v);
     if (!p) return fail(p.error());
     connect_timeout = std::chrono::milliseconds(*p);
+  }
+  if (auto v = str("YUTU_RDMA_DEVICES")) rdma.devices = split_list(v);
+  if (auto v = str("YUTU_RDMA_SLICE_SIZE")) {
+    auto p = parse_uint<std::uint64_t>(v);
+    if (!p || *p == 0 || *p > (1ull << 30)) return fail(te_errc::invalid_argument);
+    rdma.slice_size = *p;
+  }
+  if (auto v = str("YUTU_RDMA_PRIORITY_MATRIX")) rdma.priority_matrix = v;
+  if (auto v = str("YUTU_RDMA_GID_INDEX")) {
+    auto p = parse_uint<unsigned>(v);
+    if (!p || *p > 255) return fail(te_errc::invalid_argument);
+    rdma.gid_index = static_cast<int>(*p);
+  }
+  if (auto v = str("YUTU_RDMA_BUSY_POLL")) {
+    std::string_view b = v;
+    if (b != "0" && b != "1") return fail(te_errc::invalid_argument);
+    rdma.busy_poll = b == "1";
   }
   return ok();
 }

@@ -84,7 +84,9 @@ struct engine_config {
   static result<engine_config> from_json(std::string_view json);
   // YUTU_SEGMENT_NAME, YUTU_METADATA, YUTU_LISTEN_HOST, YUTU_LISTEN_PORT, YUTU_THREADS,
   // YUTU_TRANSPORTS (comma list), YUTU_TCP_CONNECTIONS, YUTU_TCP_SLICE_SIZE, YUTU_BATCH_DEADLINE_MS,
-  // YUTU_CONNECT_TIMEOUT_MS. A malformed value is an error naming the variable, not a silent default.
+  // YUTU_CONNECT_TIMEOUT_MS, and for RDMA YUTU_RDMA_DEVICES (comma list), YUTU_RDMA_SLICE_SIZE,
+  // YUTU_RDMA_PRIORITY_MATRIX (JSON), YUTU_RDMA_GID_INDEX, YUTU_RDMA_BUSY_POLL (0|1). A malformed
+  // value is an error naming the variable, not a silent default.
   result<void> apply_env();
 };
 

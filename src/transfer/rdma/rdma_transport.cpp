@@ -395,6 +395,12 @@ task<void> rdma_transport::cq_loop(cq_state* c) {
 // --- set-up and teardown ---
 
 void rdma_transport::init() {
+  // Options set in code skip from_json's checks: keep them in the range the data path assumes.
+  if (opt_.slice_size == 0 || opt_.slice_size > (1ull << 30)) opt_.slice_size = 64u << 10;
+  opt_.qps_per_endpoint = std::clamp<std::size_t>(opt_.qps_per_endpoint, 1, handshake_msg::max_qps);
+  opt_.max_send_wr = std::max<std::uint32_t>(opt_.max_send_wr, 1);
+  opt_.wrs_per_post = std::max<std::size_t>(opt_.wrs_per_post, 1);
+  opt_.max_endpoints = std::max<std::size_t>(opt_.max_endpoints, 1);
   if (opt_.verbs) {
     verbs_ = opt_.verbs;
   } else {

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <random>
 
+#include "yutu/transfer/config.hpp"
 #include "yutu/transfer/rdma/endpoint.hpp"
 #include "yutu/transfer/rdma/retry.hpp"
 #include "yutu/transfer/rdma/slicer.hpp"
@@ -328,4 +329,39 @@ TEST_CASE("rail health: pause after repeated errors, probe after the pause, rota
   CHECK(!pick_rail(rails, 0, 0, t0));
   CHECK(pick_rail(rails, 0, 0, t0 + ms(6000)));
   CHECK(!pick_rail({}, 0, 0, t0));
+}
+
+TEST_CASE("rdma options from JSON and from YUTU_RDMA_* variables, malformed values rejected") {
+  auto c = yutu::transfer::engine_config::from_json(
+      R"({"transports": ["rdma", "tcp"], "rdma": {"devices": ["mlx5_0", "mlx5_1"], "slice_size": 131072,
+          "priority_matrix": {"cpu:0": [["mlx5_1"], ["mlx5_0"]]}, "gid_index": 3, "busy_poll": true,
+          "op_timeout_ms": 250, "max_retries": 2}})");
+  REQUIRE(c);
+  CHECK(c->rdma.devices == std::vector<std::string>{"mlx5_0", "mlx5_1"});
+  CHECK(c->rdma.slice_size == 131072);
+  CHECK(c->rdma.gid_index == 3);
+  CHECK(c->rdma.busy_poll);
+  CHECK(c->rdma.op_timeout == std::chrono::milliseconds(250));
+  CHECK(c->rdma.retry.max_retries == 2);
+  auto m = parse_priority_matrix(c->rdma.priority_matrix, {"mlx5_0", "mlx5_1"});
+  REQUIRE(m);
+  CHECK((*m)["cpu:0"].preferred == std::vector<std::string>{"mlx5_1"});
+  CHECK(!yutu::transfer::engine_config::from_json(R"({"rdma": {"slice_size": 0}})"));
+  CHECK(!yutu::transfer::engine_config::from_json(R"({"rdma": {"slice_size": 4294967296}})"));
+
+  ::setenv("YUTU_RDMA_DEVICES", "rxe0,rxe1", 1);
+  ::setenv("YUTU_RDMA_SLICE_SIZE", "32768", 1);
+  ::setenv("YUTU_RDMA_BUSY_POLL", "0", 1);
+  ::setenv("YUTU_RDMA_GID_INDEX", "1", 1);
+  REQUIRE(c->apply_env());
+  CHECK(c->rdma.devices == std::vector<std::string>{"rxe0", "rxe1"});
+  CHECK(c->rdma.slice_size == 32768);
+  CHECK_FALSE(c->rdma.busy_poll);
+  CHECK(c->rdma.gid_index == 1);
+  ::setenv("YUTU_RDMA_BUSY_POLL", "yes", 1);
+  CHECK_FALSE(c->apply_env());
+  ::setenv("YUTU_RDMA_BUSY_POLL", "1", 1);
+  ::setenv("YUTU_RDMA_SLICE_SIZE", "0", 1);
+  CHECK_FALSE(c->apply_env());
+  for (auto v : {"YUTU_RDMA_DEVICES", "YUTU_RDMA_SLICE_SIZE", "YUTU_RDMA_BUSY_POLL", "YUTU_RDMA_GID_INDEX"}) ::unsetenv(v);
 }

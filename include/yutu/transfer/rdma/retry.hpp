@@ -39,7 +39,6 @@ class rail_health {
  private:
   std::deque<clock::time_point> errors_;
   std::optional<clock::time_point> paused_until_;
-  bool probing_failed_ = false;
   std::uint64_t pauses_ = 0;
 };
 
