@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <thread>
 
 #include "../peer_util.hpp"
 #include "fake_verbs.hpp"
@@ -308,6 +309,45 @@ TEST_CASE("rdma: busy-poll mode and an endpoint cap of one (endpoints evicted an
     // sets (one per initiator NIC pair, replaced on reconnect).
     CHECK(fab->live_qps() <= 12);
     CHECK(init->counters("rdma").failures.load() == 0);
+  }
+  CHECK(fab->live_objects() == 0);
+}
+
+TEST_CASE("rdma: a failing rail is paused (no more attempts on it), then probed and used again") {
+  auto fab = two_nics();
+  {
+    auto target = make_engine(fab, "rdma-target-pause");
+    auto init = make_engine(fab, "rdma-init-pause", {}, 0, [](engine_config& c) {
+      c.rdma.retry.error_threshold = 2;
+      c.rdma.retry.pause = std::chrono::milliseconds(400);
+      c.rdma.retry.error_window = std::chrono::milliseconds(60'000);
+    });
+    const std::size_t n = 2 << 20;
+    aligned_buf tb(n), src(n);
+    REQUIRE(target->register_memory(tb.p, tb.n));
+    REQUIRE(init->register_memory(src.p, src.n));
+    auto seg = yutu::sync_wait(init->open_segment("rdma-target-pause"));
+    REQUIRE(seg);
+    auto round = [&](unsigned seed) {
+      fill_pattern(src.p, n, seed);
+      REQUIRE(yutu::sync_wait(init->write(*seg, src.p, tb.addr(), n)));
+      REQUIRE(fnv1a(tb.p, n) == fnv1a(src.p, n));
+    };
+    auto errors = [&] { return fab->device_stats("fake0").completed_err + fab->device_stats("fake1").completed_err; };
+    fab->set_down("fake0", true);
+    for (unsigned i = 0; i < 4; ++i) round(i);  // enough failures to pause every rail through fake0
+    const auto errs = errors();
+    CHECK(errs > 0);
+    const auto ok0 = fab->device_stats("fake0").completed_ok;
+    for (unsigned i = 4; i < 10; ++i) round(i);
+    // Paused rails are not tried: no new failures although fake0 is still down.
+    CHECK(errors() == errs);
+    fab->set_down("fake0", false);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    for (unsigned i = 10; i < 16; ++i) round(i);
+    // The pause ended, the probe succeeded: fake0 carries work requests again.
+    CHECK(fab->device_stats("fake0").completed_ok > ok0);
+    CHECK(errors() == errs);
   }
   CHECK(fab->live_objects() == 0);
 }
