@@ -16,12 +16,15 @@
 // Lifetime: a queue pair is destroyed only when no completion is owed for it (it is moved to the
 // error state first, which flushes everything posted), or when the transport is destroyed after the
 // reactors stopped. Every verbs object is accounted for, so an engine's teardown leaks nothing.
+#include <dlfcn.h>
 #include <poll.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <list>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <shared_mutex>
@@ -42,6 +45,7 @@
 #include "yutu/transfer/rdma/slicer.hpp"
 #include "yutu/transfer/rdma/topology.hpp"
 #include "yutu/transfer/rdma/verbs.hpp"
+#include "yutu_config.hpp"
 
 namespace yutu::transfer::detail {
 namespace {
@@ -225,6 +229,37 @@ struct request_ctx {
 // descriptor part.
 constexpr char tag_handshake = 'H';
 constexpr char tag_describe = 'D';
+
+// GPU memory as a dma-buf: the CUDA driver exports the range as an fd that the NIC registers
+// (ibv_reg_dmabuf_mr), with no peer-memory kernel module. The driver is loaded at run time, so the
+// build needs no CUDA driver library; where it is missing the range is registered as ordinary memory
+// (which works with nvidia-peermem). The fd covers whole pages; the MR keeps its own reference.
+struct dmabuf_range {
+  int fd = -1;
+  std::uint64_t offset = 0;  // of the range within the exported pages
+};
+std::optional<dmabuf_range> export_gpu_dmabuf(std::uint64_t addr, std::uint64_t len) {
+#if YUTU_HAS_CUDA
+  using get_handle_fn = int (*)(void* handle, unsigned long long dptr, std::size_t size, int type,
+                                unsigned long long flags);
+  static const get_handle_fn fn = [] {
+    void* h = ::dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    return h ? reinterpret_cast<get_handle_fn>(::dlsym(h, "cuMemGetHandleForAddressRange")) : nullptr;
+  }();
+  if (!fn) return std::nullopt;
+  const std::uint64_t page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  const std::uint64_t base = addr & ~(page - 1);
+  const std::uint64_t end = (addr + len + page - 1) & ~(page - 1);
+  int fd = -1;
+  constexpr int dma_buf_fd = 1;  // CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD
+  if (fn(&fd, base, end - base, dma_buf_fd, 0) != 0 || fd < 0) return std::nullopt;
+  return dmabuf_range{fd, addr - base};
+#else
+  (void)addr;
+  (void)len;
+  return std::nullopt;
+#endif
+}
 
 bool retryable(wc_status s) noexcept {
   // Deterministic failures (a bad key, a bad length) would fail on every rail.
@@ -563,7 +598,14 @@ result<void> rdma_transport::on_register(const registered_buffer& b) {
     for (std::uint64_t k = 0; k < chunks && !failed; ++k) {
       const std::uint64_t off = r->chunk * k;
       const std::uint64_t len = r->chunk ? std::min(r->chunk, b.length - off) : b.length;
-      auto m = verbs_->reg_mr(n->pd, reinterpret_cast<void*>(b.addr + off), len, acc);
+      result<mr_handle> m = fail(std::make_error_code(std::errc::not_supported));
+      if (b.where.type == location::kind::cuda) {
+        if (auto db = export_gpu_dmabuf(b.addr + off, len)) {
+          m = verbs_->reg_dmabuf_mr(n->pd, db->offset, len, b.addr + off, db->fd, acc);
+          ::close(db->fd);
+        }
+      }
+      if (!m) m = verbs_->reg_mr(n->pd, reinterpret_cast<void*>(b.addr + off), len, acc);
       if (!m) {
         log::warn("engine {}: rdma: registering {} bytes at {:#x} on {} failed: {}", host_.local_name(), len,
                   b.addr + off, n->name, m.error().message());
