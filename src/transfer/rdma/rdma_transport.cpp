@@ -198,7 +198,8 @@ struct endpoint {
   std::size_t home = 0;
   int local_nic = 0;
   int remote_nic = 0;
-  endpoint_fsm fsm;
+  endpoint_fsm fsm;  // home reactor only
+  std::atomic<bool> closed{false};  // evicted: read by endpoint_for on any thread
   coro::async_mutex connect_mu;
   std::vector<std::shared_ptr<qp_rec>> qps;
   std::size_t next_qp = 0;
@@ -731,7 +732,7 @@ std::shared_ptr<endpoint> rdma_transport::endpoint_for(const request_ctx& c, std
   {
     std::lock_guard lk(c.st->mu);
     auto& slot = c.st->eps[rail];
-    if (slot && slot->fsm.state() != endpoint_state::closed) return slot;
+    if (slot && !slot->closed.load(std::memory_order_acquire)) return slot;
     slot = std::make_shared<endpoint>();
     slot->home = (c.peer.id * 7 + static_cast<std::size_t>(rail.first) * 3 + static_cast<std::size_t>(rail.second)) %
                  host_.pool().size();
@@ -755,6 +756,7 @@ std::shared_ptr<endpoint> rdma_transport::endpoint_for(const request_ctx& c, std
     post_to(host_.pool().at(old->home), [this, old] {
       retire(*old);
       old->fsm.close();
+      old->closed.store(true, std::memory_order_release);
     });
   return ep;
 }
@@ -1054,8 +1056,14 @@ task<result<void>> wait_group(std::shared_ptr<post_group> g) { co_return co_awai
 task<std::error_code> rdma_transport::post_on_rail(std::shared_ptr<request_ctx> c, std::size_t rail,
                                                    const std::vector<slice>& sl) {
   auto ep = endpoint_for(*c, c->rails[rail]);
-  io::reactor& home = host_.pool().at(ep->home);
-  if (io::reactor::current() != &home) co_await home.schedule();
+  for (int fresh = 0; fresh < 3; ++fresh) {
+    io::reactor& home = host_.pool().at(ep->home);
+    if (io::reactor::current() != &home) co_await home.schedule();
+    // Evicted by the cap after we picked it (the flag is set on this thread): take the new one,
+    // which is no failure of the rail.
+    if (!ep->closed.load(std::memory_order_acquire)) break;
+    ep = endpoint_for(*c, c->rails[rail]);
+  }
   if (auto ec = co_await connect(*c, *ep)) co_return ec;
   if (ep->qps.empty()) co_return make_error_code(te_errc::endpoint_error);
   auto rec = ep->qps[ep->next_qp++ % ep->qps.size()];
