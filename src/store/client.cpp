@@ -1,8 +1,12 @@
 // The store client (see client.hpp): segments, heartbeat, and the put/get paths over the engine.
 #include "yutu/store/client.hpp"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
@@ -65,6 +69,18 @@ struct object_set {
     return s;
   }
 };
+
+// Populates [p, p + n) writable; touches every page where the kernel lacks MADV_POPULATE_WRITE (< 5.14).
+std::error_code prefault(void* p, std::size_t n) {
+#ifdef MADV_POPULATE_WRITE
+  if (::madvise(p, n, MADV_POPULATE_WRITE) == 0) return {};
+  if (errno != EINVAL) return {errno, std::generic_category()};
+#endif
+  const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  auto* b = static_cast<volatile unsigned char*>(p);
+  for (std::size_t off = 0; off < n; off += page) b[off] = b[off];
+  return {};
+}
 
 std::string random_id() {
   std::random_device rd;
@@ -548,6 +564,12 @@ result<std::unique_ptr<client::impl>> build(client_config cfg, master_service* e
         return fail(mem.error());
       }
       segment_info s;
+      if (c.prefault) {
+        if (auto ec = prefault(*mem, len)) {
+          log::error("store client: cannot fault in {} bytes to contribute: {}", len, ec.message());
+          return fail(ec);
+        }
+      }
       auto base = reinterpret_cast<std::uint64_t>(*mem);
       s.name = fmt::format("{}/{:x}", p->eng->segment_name(), base);
       s.engine_segment = p->eng->segment_name();
