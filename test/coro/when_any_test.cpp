@@ -143,7 +143,6 @@ TEST_CASE("the winner's value is moved, never copied, and nothing leaks") {
   counted::reset();
   {
     async_event never;
-    loser_log log;
     auto forever_counted = [&]() -> task<counted> {
       (void)co_await never.wait();
       co_return counted(-1);
