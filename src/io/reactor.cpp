@@ -81,6 +81,9 @@ reactor::reactor(reactor_options opts) {
 
 reactor::~reactor() {
   if (tls_current_ == this) tls_current_ = nullptr;
+  // Another thread's post() may still be between publishing its item (which this thread already
+  // ran) and its wake-up write: let it leave first. A few instructions; never a real wait.
+  while (posters_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
   // The kernel may still own the wake-up read's buffer (wake_buf_). io_uring_queue_exit cancels and
   // reaps every outstanding request before the ring's memory is released, and wake_buf_ lives in
   // this object, which is still alive here.
@@ -148,6 +151,9 @@ void reactor::post(coro::work_item* w) noexcept {
     schedule_local(w);
     return;
   }
+  // Once `w` is pushed its owner thread may run it, finish and destroy this reactor while we are
+  // still here: the destructor waits for posters_ to drop to zero before releasing anything.
+  posters_.fetch_add(1, std::memory_order_relaxed);
   remote_.push(w);
   // Write the eventfd only if the loop is (about to be) asleep; it re-checks the queue after
   // announcing sleep, so a push that raced with that announcement is never lost.
@@ -155,17 +161,20 @@ void reactor::post(coro::work_item* w) noexcept {
     std::uint64_t one = 1;
     ssize_t n = ::write(wake_fd_, &one, sizeof one);
     (void)n;
-    ++stats_.wakeups_posted;
+    wakeups_posted_.fetch_add(1, std::memory_order_relaxed);
   }
+  posters_.fetch_sub(1, std::memory_order_release);
 }
 
 void reactor::stop() noexcept {
+  posters_.fetch_add(1, std::memory_order_relaxed);  // as in post(): the loop may end right away
   stop_requested_.store(true, std::memory_order_release);
   if (sleeping_.exchange(false, std::memory_order_acq_rel)) {
     std::uint64_t one = 1;
     ssize_t n = ::write(wake_fd_, &one, sizeof one);
     (void)n;
   }
+  posters_.fetch_sub(1, std::memory_order_release);
 }
 
 void reactor::add_source(completion_source* s) { sources_.push_back(s); }
@@ -306,8 +315,14 @@ void reactor::run() {
   drive_scope scope(this);
   while (!stop_requested_.load(std::memory_order_acquire)) run_once(true);
   stop_requested_.store(false, std::memory_order_relaxed);
-  // Run what became ready during the last turn so no posted work is silently dropped.
-  run_ready();
+  // Run what became ready during the last turn, and what other threads posted just before the stop
+  // (an engine closing its peers posts their shutdowns, then stops the pool): posted work is never
+  // silently dropped, nor leaked. Bounded, in case the work keeps posting more.
+  for (int round = 0; round < 64; ++round) {
+    bool took = take_remote();
+    bool ran = run_ready();
+    if (!took && !ran) break;
+  }
 }
 
 void reactor::run_until_empty() {

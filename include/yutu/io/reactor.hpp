@@ -77,7 +77,7 @@ class reactor final : public coro::executor {
   [[gnu::noinline]] static reactor* current() noexcept { return tls_current_; }
 
   // --- driving the loop (owner thread) ---
-  // Runs until stop() is called.
+  // Runs until stop() is called, then runs the work that was posted before the stop took effect.
   void run();
   // One loop turn. With may_block, sleeps in the kernel when nothing is ready. Returns whether any
   // work (a handler, a resumed coroutine, a source's completion) was done.
@@ -120,7 +120,12 @@ class reactor final : public coro::executor {
   struct stats {
     std::uint64_t turns = 0, enters = 0, cqes = 0, sleeps = 0, wakeups_posted = 0;
   };
-  const stats& statistics() const noexcept { return stats_; }
+  // A snapshot; read it on the owner thread (wakeups_posted is counted by posting threads).
+  stats statistics() const noexcept {
+    stats s = stats_;
+    s.wakeups_posted = wakeups_posted_.load(std::memory_order_relaxed);
+    return s;
+  }
 
  private:
   // Makes the calling thread the ring's only issuer (first call) or checks that it is.
@@ -159,6 +164,8 @@ class reactor final : public coro::executor {
   coro::work_item* ready_tail_ = nullptr;
   coro::mpsc_queue remote_;
   std::atomic<bool> sleeping_{false};
+  std::atomic<int> posters_{0};  // threads inside post() right now (see ~reactor)
+  std::atomic<std::uint64_t> wakeups_posted_{0};
 
   int wake_fd_ = -1;
   std::uint64_t wake_buf_ = 0;
