@@ -41,9 +41,25 @@ TEST_CASE("task returns values and propagates exceptions") {
   CHECK_THROWS_WITH_AS(yutu::sync_wait(throws()), "boom", std::runtime_error);
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+#define YUTU_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define YUTU_TEST_ASAN 1
+#endif
+#endif
+
 TEST_CASE("deep co_await chains do not grow the stack (symmetric transfer)") {
+#ifndef YUTU_TEST_ASAN
   // One million nested frames would overflow an 8 MiB stack without symmetric transfer.
-  CHECK(yutu::sync_wait(add_one(1'000'000)) == 1'000'000);
+  constexpr int depth = 1'000'000;
+#else
+  // ASan's instrumentation keeps the compilers from turning the resumption into a tail call, so
+  // symmetric transfer cannot be shown there: the plain g++ and clang builds prove it; here the
+  // chain only checks frames and values.
+  constexpr int depth = 1'000;
+#endif
+  CHECK(yutu::sync_wait(add_one(depth)) == depth);
 }
 
 TEST_CASE("task results are moved, never copied, and nothing leaks") {

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -64,6 +65,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::byte* buf = nullptr;
+  std::unique_ptr<std::byte, void (*)(void*)> owned(nullptr, std::free);  // the non-shared buffer
   if (shared) {
     auto p = (*e)->allocate_shared(size);
     if (!p) return 2;
@@ -78,6 +80,7 @@ int main(int argc, char** argv) {
     }
   } else {
     buf = static_cast<std::byte*>(std::aligned_alloc(4096, (size + 4095) / 4096 * 4096));
+    owned.reset(buf);
     if (!(*e)->register_memory(buf, size)) return 3;
   }
   yutu::test::fill_pattern(buf, size, 1);
