@@ -270,7 +270,7 @@ struct engine::impl final : transport_host {
           std::error_code st = check_remote(*h, rd);
           if (!st)
             stream_ok = static_cast<bool>(co_await detail::recv_all(
-                s, std::span(reinterpret_cast<std::byte*>(h->addr), h->length)));
+                s, std::span(reinterpret_cast<std::byte*>(h->addr), h->length), /*try_now=*/true));
           else
             stream_ok = static_cast<bool>(co_await detail::drain(s, h->length));
           resp.status = st.value();
@@ -296,7 +296,7 @@ struct engine::impl final : transport_host {
         case wire::frame_type::notify: {
           resp.type = wire::frame_type::notify_ack;
           body.assign(h->length, '\0');
-          stream_ok = static_cast<bool>(co_await detail::recv_all(s, std::as_writable_bytes(std::span(body))));
+          stream_ok = static_cast<bool>(co_await detail::recv_all(s, std::as_writable_bytes(std::span(body)), true));
           if (!stream_ok) break;
           auto nul = body.find('\0');
           notification n;
@@ -763,6 +763,8 @@ result<segment_desc> engine::segment_descriptor(segment_id id) const {
   if (!pe) return fail(te_errc::invalid_argument);
   return *pe->snapshot();
 }
+
+io::reactor& engine::next_reactor() noexcept { return p_->pool_->at(p_->pick_reactor()); }
 
 task<batch_result> engine::transfer(std::span<const transfer_request> batch, batch_options opts) {
   auto& p = *p_;

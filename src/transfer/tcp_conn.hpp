@@ -48,8 +48,10 @@ class sendmsg_op : public io::uring_op<sendmsg_op> {
 // Sends header + payload completely (handles short writes).
 task<result<void>> send_frame(int fd, const wire::header_bytes& hdr, std::span<const std::byte> payload);
 
-// Receives exactly buf.size() bytes; premature EOF is errc::closed.
-task<result<void>> recv_all(io::tcp_stream& s, std::span<std::byte> buf);
+// Receives exactly buf.size() bytes; premature EOF is errc::closed. With try_now, a non-blocking
+// recv(2) is tried first (for bytes that are most likely already queued).
+task<result<void>> recv_all(io::tcp_stream& s, std::span<std::byte> buf, bool try_now);
+inline task<result<void>> recv_all(io::tcp_stream& s, std::span<std::byte> buf) { return recv_all(s, buf, false); }
 // Reads and discards n bytes.
 task<result<void>> drain(io::tcp_stream& s, std::uint64_t n);
 
