@@ -24,6 +24,7 @@
 
 #include "yutu/coro/task.hpp"
 #include "yutu/error.hpp"
+#include "yutu/io/reactor.hpp"
 #include "yutu/transfer/config.hpp"
 #include "yutu/transfer/types.hpp"
 
@@ -92,6 +93,14 @@ class engine {
   result<void> close_segment(segment_id id);
   // The cached descriptor of an open segment.
   result<segment_desc> segment_descriptor(segment_id id) const;
+
+  // --- threads ---
+  // `co_await e.schedule()` moves the calling coroutine onto one of the engine's reactor threads
+  // (round robin). Transfers issued from there use connections that live on that thread and resume
+  // without a thread hop: the lowest latency the engine offers. Any other caller works too, at the
+  // price of a hop to the connection's thread and one back per batch.
+  io::reactor& next_reactor() noexcept;
+  auto schedule() noexcept { return next_reactor().schedule(); }
 
   // --- transfers ---
   task<batch_result> transfer(std::span<const transfer_request> batch, batch_options opts);
