@@ -4,9 +4,18 @@
 #include <charconv>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
+#include <set>
+
+#include "yutu/log.hpp"
 
 namespace yutu::transfer {
 namespace {
+
+// A configuration error is te_errc::invalid_argument; the log line says which key or variable.
+std::error_code bad(std::string_view what) {
+  log::error("engine config: {}", what);
+  return make_error_code(te_errc::invalid_argument);
+}
 
 template <class T>
 result<T> parse_uint(std::string_view s) {
@@ -34,7 +43,25 @@ bool known_transport(std::string_view t) { return t == "local" || t == "shm" || 
 
 result<engine_config> engine_config::from_json(std::string_view text) {
   auto j = nlohmann::json::parse(text, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) return fail(te_errc::invalid_argument);
+  if (j.is_discarded() || !j.is_object()) return fail(bad("not a JSON object"));
+  // A misspelt key would otherwise be ignored and its default used without a word.
+  static const std::set<std::string, std::less<>> keys = {
+      "local_segment_name", "metadata", "listen_host", "listen_port", "threads", "transports",
+      "tcp_connections_per_peer", "tcp_slice_size", "max_slice_size", "batch_deadline_ms", "connect_timeout_ms",
+      "descriptor_lease_ms", "max_batch_size", "rdma"};
+  static const std::set<std::string, std::less<>> rdma_keys = {
+      "devices", "slice_size", "qps_per_endpoint", "max_send_wr", "wrs_per_post", "max_endpoints", "priority_matrix",
+      "gid_index", "port", "max_mr_size", "busy_poll", "op_timeout_ms", "max_retries"};
+  for (const auto& [k, _] : j.items())
+    if (!keys.contains(k)) return fail(bad(fmt::format("unknown key \"{}\"", k)));
+  if (auto r = j.find("rdma"); r != j.end()) {
+    if (!r->is_object()) return fail(bad("\"rdma\" is not an object"));
+    for (const auto& [k, _] : r->items())
+      if (!rdma_keys.contains(k)) return fail(bad(fmt::format("unknown key \"rdma.{}\"", k)));
+  }
+  // Negative numbers would wrap to huge unsigned values in the conversions below.
+  for (const auto& [k, v] : j.items())
+    if (v.is_number_integer() && v.get<long long>() < 0) return fail(bad(fmt::format("\"{}\" is negative", k)));
   engine_config c;
   try {
     c.local_segment_name = j.value("local_segment_name", c.local_segment_name);
@@ -67,18 +94,21 @@ result<engine_config> engine_config::from_json(std::string_view text) {
       o.op_timeout = std::chrono::milliseconds(r->value("op_timeout_ms", o.op_timeout.count()));
       o.retry.max_retries = r->value("max_retries", o.retry.max_retries);
     }
-  } catch (const nlohmann::json::exception&) {
-    return fail(te_errc::invalid_argument);
+  } catch (const nlohmann::json::exception& e) {
+    return fail(bad(fmt::format("a value of the wrong type ({})", e.what())));
   }
+  if (c.transports.empty()) return fail(bad("\"transports\" is empty"));
   for (auto& t : c.transports)
-    if (!known_transport(t)) return fail(te_errc::invalid_argument);
-  if (c.threads == 0 || c.tcp_connections_per_peer == 0 || c.tcp_slice_size == 0 ||
-      c.tcp_slice_size > c.max_slice_size)
-    return fail(te_errc::invalid_argument);
+    if (!known_transport(t)) return fail(bad(fmt::format("unknown transport \"{}\"", t)));
+  if (c.threads == 0 || c.threads > 1024) return fail(bad("\"threads\" must be 1-1024"));
+  if (c.tcp_connections_per_peer == 0 || c.tcp_connections_per_peer > 256)
+    return fail(bad("\"tcp_connections_per_peer\" must be 1-256"));
+  if (c.tcp_slice_size == 0 || c.tcp_slice_size > c.max_slice_size)
+    return fail(bad("\"tcp_slice_size\" must be 1..max_slice_size"));
   // A work request carries at most 2 GiB; a slice may grow by half through tail merging.
   if (c.rdma.slice_size == 0 || c.rdma.slice_size > (1ull << 30) || c.rdma.qps_per_endpoint == 0 ||
       c.rdma.max_send_wr == 0 || c.rdma.wrs_per_post == 0 || c.rdma.max_endpoints == 0 || c.rdma.retry.max_retries < 0)
-    return fail(te_errc::invalid_argument);
+    return fail(bad("an \"rdma\" value is out of range"));
   return c;
 }
 
@@ -89,56 +119,56 @@ result<void> engine_config::apply_env() {
   if (auto v = str("YUTU_LISTEN_HOST")) listen_host = v;
   if (auto v = str("YUTU_LISTEN_PORT")) {
     auto p = parse_uint<std::uint16_t>(v);
-    if (!p) return fail(p.error());
+    if (!p) return fail(bad(fmt::format("YUTU_LISTEN_PORT=\"{}\" is not valid", v)));
     listen_port = *p;
   }
   if (auto v = str("YUTU_THREADS")) {
     auto p = parse_uint<std::size_t>(v);
-    if (!p || *p == 0) return fail(te_errc::invalid_argument);
+    if (!p || *p == 0) return fail(bad(fmt::format("YUTU_THREADS=\"{}\" is not valid", v)));
     threads = *p;
   }
   if (auto v = str("YUTU_TRANSPORTS")) {
     auto list = split_list(v);
     for (auto& t : list)
-      if (!known_transport(t)) return fail(te_errc::invalid_argument);
-    if (list.empty()) return fail(te_errc::invalid_argument);
+      if (!known_transport(t)) return fail(bad(fmt::format("YUTU_TRANSPORTS=\"{}\" is not valid", v)));
+    if (list.empty()) return fail(bad(fmt::format("YUTU_TRANSPORTS=\"{}\" is not valid", v)));
     transports = std::move(list);
   }
   if (auto v = str("YUTU_TCP_CONNECTIONS")) {
     auto p = parse_uint<std::size_t>(v);
-    if (!p || *p == 0) return fail(te_errc::invalid_argument);
+    if (!p || *p == 0) return fail(bad(fmt::format("YUTU_TCP_CONNECTIONS=\"{}\" is not valid", v)));
     tcp_connections_per_peer = *p;
   }
   if (auto v = str("YUTU_TCP_SLICE_SIZE")) {
     auto p = parse_uint<std::uint64_t>(v);
-    if (!p || *p == 0 || *p > max_slice_size) return fail(te_errc::invalid_argument);
+    if (!p || *p == 0 || *p > max_slice_size) return fail(bad(fmt::format("YUTU_TCP_SLICE_SIZE=\"{}\" is not valid", v)));
     tcp_slice_size = *p;
   }
   if (auto v = str("YUTU_BATCH_DEADLINE_MS")) {
     auto p = parse_uint<std::uint64_t>(v);
-    if (!p) return fail(p.error());
+    if (!p) return fail(bad(fmt::format("YUTU_BATCH_DEADLINE_MS=\"{}\" is not valid", v)));
     batch_deadline = std::chrono::milliseconds(*p);
   }
   if (auto v = str("YUTU_CONNECT_TIMEOUT_MS")) {
     auto p = parse_uint<std::uint64_t>(v);
-    if (!p) return fail(p.error());
+    if (!p) return fail(bad(fmt::format("YUTU_CONNECT_TIMEOUT_MS=\"{}\" is not valid", v)));
     connect_timeout = std::chrono::milliseconds(*p);
   }
   if (auto v = str("YUTU_RDMA_DEVICES")) rdma.devices = split_list(v);
   if (auto v = str("YUTU_RDMA_SLICE_SIZE")) {
     auto p = parse_uint<std::uint64_t>(v);
-    if (!p || *p == 0 || *p > (1ull << 30)) return fail(te_errc::invalid_argument);
+    if (!p || *p == 0 || *p > (1ull << 30)) return fail(bad(fmt::format("YUTU_RDMA_SLICE_SIZE=\"{}\" is not valid", v)));
     rdma.slice_size = *p;
   }
   if (auto v = str("YUTU_RDMA_PRIORITY_MATRIX")) rdma.priority_matrix = v;
   if (auto v = str("YUTU_RDMA_GID_INDEX")) {
     auto p = parse_uint<unsigned>(v);
-    if (!p || *p > 255) return fail(te_errc::invalid_argument);
+    if (!p || *p > 255) return fail(bad(fmt::format("YUTU_RDMA_GID_INDEX=\"{}\" is not valid", v)));
     rdma.gid_index = static_cast<int>(*p);
   }
   if (auto v = str("YUTU_RDMA_BUSY_POLL")) {
     std::string_view b = v;
-    if (b != "0" && b != "1") return fail(te_errc::invalid_argument);
+    if (b != "0" && b != "1") return fail(bad(fmt::format("YUTU_RDMA_BUSY_POLL=\"{}\" is not valid", v)));
     rdma.busy_poll = b == "1";
   }
   return ok();

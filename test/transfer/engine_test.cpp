@@ -309,6 +309,18 @@ TEST_CASE("config from JSON and YUTU_* variables; bad values are errors") {
   CHECK(c->batch_deadline == std::chrono::milliseconds(1500));
   CHECK_FALSE(engine_config::from_json(R"({"transports": ["carrier-pigeon"]})"));
   CHECK_FALSE(engine_config::from_json("not json"));
+  // A misspelt key is an error, not a silently ignored setting; so are wrapped-around negatives.
+  CHECK(engine_config::from_json(R"({"thread": 3})").error() == te_errc::invalid_argument);
+  CHECK_FALSE(engine_config::from_json(R"({"rdma": {"slice_sise": 4096}})"));
+  CHECK_FALSE(engine_config::from_json(R"({"rdma": 1})"));
+  CHECK_FALSE(engine_config::from_json(R"({"threads": -1})"));
+  CHECK_FALSE(engine_config::from_json(R"({"threads": 100000})"));
+  CHECK_FALSE(engine_config::from_json(R"({"transports": []})"));
+  CHECK_FALSE(engine_config::from_json(R"({"threads": "3"})"));
+  auto r = engine_config::from_json(R"({"rdma": {"slice_size": 4096, "busy_poll": true}})");
+  REQUIRE(r);
+  CHECK(r->rdma.slice_size == 4096);
+  CHECK(r->rdma.busy_poll);
   ::setenv("YUTU_THREADS", "4", 1);
   ::setenv("YUTU_TRANSPORTS", "tcp", 1);
   CHECK(c->apply_env());
