@@ -1,5 +1,5 @@
 // The store as separate processes on loopback: yutu-metadata, yutu-master and yutu-node storage nodes
-// (found through YUTU_METADATA, YUTU_MASTER, YUTU_NODE, set by meson), with clients in this process.
+// (found through YUTU_TEST_METADATA_EXE, YUTU_TEST_MASTER_EXE, YUTU_TEST_NODE_EXE, set by meson), with clients in this process.
 // A node killed during puts and gets with two replicas (no completed object lost, failures typed, no
 // hang, puts recover once the master expires the node), eviction under memory pressure, same-key puts
 // from two clients, a node frozen past the client TTL that re-mounts, and a node's clean SIGTERM.
@@ -43,7 +43,7 @@ std::string exe(const char* var) {
   return p ? p : "";
 }
 bool have_binaries() {
-  return !exe("YUTU_METADATA").empty() && !exe("YUTU_MASTER").empty() && !exe("YUTU_NODE").empty();
+  return !exe("YUTU_TEST_METADATA_EXE").empty() && !exe("YUTU_TEST_MASTER_EXE").empty() && !exe("YUTU_TEST_NODE_EXE").empty();
 }
 
 std::string after(const std::string& line, const std::string& marker) {
@@ -70,12 +70,12 @@ struct cluster {
   std::string metadata, master;
 
   explicit cluster(std::size_t n_nodes, std::uint64_t memory, int client_ttl_s = 2, int lease_ms = 10000) {
-    REQUIRE(metadata_proc.start(exe("YUTU_METADATA"), {"--host", "127.0.0.1", "--port", "0"}));
+    REQUIRE(metadata_proc.start(exe("YUTU_TEST_METADATA_EXE"), {"--host", "127.0.0.1", "--port", "0"}));
     auto l = metadata_proc.wait_for_line("listening on", 10s);
     REQUIRE(!l.empty());
     metadata_proc.drain(false);
     metadata = "http://" + after(l, "listening on ") + "/metadata";
-    REQUIRE(master_proc.start(exe("YUTU_MASTER"), {"--rpc-address", "127.0.0.1", "--rpc-port", "0", "--http-address",
+    REQUIRE(master_proc.start(exe("YUTU_TEST_MASTER_EXE"), {"--rpc-address", "127.0.0.1", "--rpc-port", "0", "--http-address",
                                                    "127.0.0.1", "--http-port", "0", "--client-ttl",
                                                    std::to_string(client_ttl_s), "--default-kv-lease-ttl",
                                                    std::to_string(lease_ms)}));
@@ -89,7 +89,7 @@ struct cluster {
   }
   void add_node(std::uint64_t memory) {
     auto n = std::make_unique<child_process>();
-    REQUIRE(n->start(exe("YUTU_NODE"), {"--master", master, "--metadata", metadata, "--memory",
+    REQUIRE(n->start(exe("YUTU_TEST_NODE_EXE"), {"--master", master, "--metadata", metadata, "--memory",
                                         std::to_string(memory), "--host", "127.0.0.1"}));
     nodes.push_back(std::move(n));
   }
@@ -217,7 +217,7 @@ void kill_during_load(std::vector<std::string> transports) {
 
 TEST_CASE("a node killed during puts and gets (tcp): two replicas keep every completed object; puts recover") {
   if (!have_binaries()) {
-    MESSAGE("YUTU_METADATA / YUTU_MASTER / YUTU_NODE not set (run through meson test): skipped");
+    MESSAGE("YUTU_TEST_METADATA_EXE / YUTU_TEST_MASTER_EXE / YUTU_TEST_NODE_EXE not set (run through meson test): skipped");
     return;
   }
   kill_during_load({"tcp"});
@@ -328,14 +328,14 @@ TEST_CASE("a node frozen past the client TTL is expired, then re-mounts; SIGTERM
 TEST_CASE("yutu-node: --help, and a bad flag or size is refused") {
   if (!have_binaries()) return;
   child_process h;
-  REQUIRE(h.start(exe("YUTU_NODE"), {"--help"}));
+  REQUIRE(h.start(exe("YUTU_TEST_NODE_EXE"), {"--help"}));
   CHECK_FALSE(h.wait_for_line("usage", 5s).empty());
   REQUIRE(h.wait_for_exit(5s));
   CHECK(h.exited_cleanly());
   for (std::vector<std::string> args : {std::vector<std::string>{"--memory", "lots", "--master", "127.0.0.1:1"},
                                         std::vector<std::string>{"--frobnicate"}, std::vector<std::string>{}}) {
     child_process b;
-    REQUIRE(b.start(exe("YUTU_NODE"), args));
+    REQUIRE(b.start(exe("YUTU_TEST_NODE_EXE"), args));
     REQUIRE(b.wait_for_exit(5s));
     CHECK(WIFEXITED(b.status()));
     CHECK(WEXITSTATUS(b.status()) == 2);

@@ -1,4 +1,4 @@
-// The yutu-master binary as a child process (found through YUTU_MASTER, set by meson): --help, a
+// The yutu-master binary as a child process (found through YUTU_TEST_MASTER_EXE, set by meson): --help, a
 // --config file overridden by flags, admin HTTP (/health, /metrics, /query_key, /get_all_segments), a
 // put and a lookup over RPC, and a clean exit (status 0) on SIGTERM.
 #include <doctest/doctest.h>
@@ -31,8 +31,8 @@ using namespace yutu;
 namespace {
 
 std::string master_exe() {
-  const char* p = std::getenv("YUTU_MASTER");
-  REQUIRE_MESSAGE(p, "YUTU_MASTER is not set (run through meson test)");
+  const char* p = std::getenv("YUTU_TEST_MASTER_EXE");
+  REQUIRE_MESSAGE(p, "YUTU_TEST_MASTER_EXE is not set (run through meson test)");
   return p;
 }
 
