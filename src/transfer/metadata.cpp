@@ -11,7 +11,7 @@ result<std::unique_ptr<metadata_store>> make_metadata_store(std::string_view con
 
 result<std::unique_ptr<metadata_store>> make_metadata_store(std::string_view conn, metadata_options opts) {
   if (conn.empty() || conn == "memory") return detail::make_memory_metadata_store();
-  if (conn == "P2PHANDSHAKE") return std::unique_ptr<metadata_store>();
+  if (conn == "P2PHANDSHAKE" || conn == "p2p") return std::unique_ptr<metadata_store>();
   if (conn.starts_with("http://")) return detail::make_http_metadata_store(conn, opts);
   if (conn.starts_with("etcd://")) return detail::make_etcd_metadata_store(conn.substr(7), opts);
   if (conn.starts_with("redis://") || conn.starts_with("https://")) {

@@ -92,6 +92,9 @@ TEST_CASE("make_metadata_store reads Mooncake's connection strings") {
   auto p2p = make_metadata_store("P2PHANDSHAKE");
   REQUIRE(p2p.has_value());
   CHECK(*p2p == nullptr);
+  auto p2p_short = make_metadata_store("p2p");  // the engine's shorthand means the same here
+  REQUIRE(p2p_short.has_value());
+  CHECK(*p2p_short == nullptr);
   CHECK(store_for("http://127.0.0.1:8080/metadata")->describe() == "http://127.0.0.1:8080/metadata");
   CHECK(store_for("http://127.0.0.1:8080")->describe() == "http://127.0.0.1:8080/metadata");
   CHECK(store_for("etcd://127.0.0.1:2379;127.0.0.1:22379")->describe() == "etcd://127.0.0.1:2379;127.0.0.1:22379");

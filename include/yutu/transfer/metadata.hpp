@@ -66,7 +66,7 @@ struct metadata_options {
 //   "http://host:port/metadata"    -> HTTP key-value server
 //   "etcd://host:port[;host:port]" -> etcd v3 JSON gateway; endpoints tried in order on failure
 //   "host:port"                    -> etcd, as Mooncake reads a connection string without a scheme
-//   "P2PHANDSHAKE"                 -> peer-to-peer: returns nullptr, the engine asks peers directly
+//   "P2PHANDSHAKE" or "p2p"        -> peer-to-peer: returns nullptr, the engine asks peers directly
 // Host names are resolved here (blocking): call it on a setup path. A malformed string or an
 // unresolvable host is errc::invalid_params; "redis://" is errc::not_supported.
 result<std::unique_ptr<metadata_store>> make_metadata_store(std::string_view conn);
