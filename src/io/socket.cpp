@@ -140,6 +140,13 @@ result<void> tcp_stream::set_send_buffer_size(int bytes) noexcept {
 result<void> tcp_stream::set_recv_buffer_size(int bytes) noexcept {
   return detail::set_int_option(fd_, SOL_SOCKET, SO_RCVBUF, bytes);
 }
+result<void> tcp_stream::set_keepalive(int idle_s, int interval_s, int count) noexcept {
+  if (idle_s <= 0 || interval_s <= 0 || count <= 0) return fail(std::errc::invalid_argument);
+  if (auto r = detail::set_int_option(fd_, IPPROTO_TCP, TCP_KEEPIDLE, idle_s); !r) return r;
+  if (auto r = detail::set_int_option(fd_, IPPROTO_TCP, TCP_KEEPINTVL, interval_s); !r) return r;
+  if (auto r = detail::set_int_option(fd_, IPPROTO_TCP, TCP_KEEPCNT, count); !r) return r;
+  return detail::set_int_option(fd_, SOL_SOCKET, SO_KEEPALIVE, 1);
+}
 result<void> tcp_stream::set_linger(bool on, int seconds) noexcept {
   linger l{};
   l.l_onoff = on ? 1 : 0;

@@ -373,6 +373,9 @@ struct engine::impl final : transport_host {
         co_await io::sleep_for(std::chrono::milliseconds(10));
         continue;
       }
+      // A client whose host died never closes: keepalive ends its connection (and this side's
+      // coroutine and fd) after detail::keepalive_* instead of never.
+      (void)s->set_keepalive(detail::keepalive_idle_s, detail::keepalive_interval_s, detail::keepalive_count);
       pool_->spawn(pick_reactor(), serve_conn(std::move(*s)));
     }
   }

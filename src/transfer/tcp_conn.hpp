@@ -45,6 +45,12 @@ class sendmsg_op : public io::uring_op<sendmsg_op> {
   const msghdr* msg_;
 };
 
+// TCP keepalive on the engine's connections, both sides: a peer whose host vanished (no FIN, no
+// RST) is detected after about idle + interval * count = 16 s of silence.
+inline constexpr int keepalive_idle_s = 10;
+inline constexpr int keepalive_interval_s = 2;
+inline constexpr int keepalive_count = 3;
+
 // Sends header + payload completely (handles short writes).
 task<result<void>> send_frame(int fd, const wire::header_bytes& hdr, std::span<const std::byte> payload);
 

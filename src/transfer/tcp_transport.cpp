@@ -73,6 +73,9 @@ task<result<std::shared_ptr<client_conn>>> tcp_transport::ensure_conn(const peer
               s.error().message());
     co_return fail(te_errc::peer_unreachable);
   }
+  // An idle pooled connection to a host that died is found out by keepalive, not only by the next
+  // request's deadline.
+  (void)s->set_keepalive(keepalive_idle_s, keepalive_interval_s, keepalive_count);
   auto c = std::make_shared<client_conn>(host_.pool().at(slot.home), std::move(*s), cfg.max_slice_size);
   c->start(slot.home, *this);
   // Handshake: who listens there now? A restarted peer has a new incarnation.

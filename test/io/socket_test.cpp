@@ -2,6 +2,8 @@
 #include <doctest/doctest.h>
 
 #include <dirent.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 
 #include <cstring>
 #include <stop_token>
@@ -460,4 +462,30 @@ TEST_CASE("100k sequential short connections neither exhaust ports nor leak fds"
   CHECK(good == n);
   CHECK(open_fd_count() == fds_before);
   CHECK(r.in_flight() == 0);
+}
+
+TEST_CASE("set_keepalive sets the probe timing on the socket; bad values are invalid_argument") {
+  reactor r;
+  auto l = tcp_listener::bind(address::ipv4_loopback(0));
+  REQUIRE(l.has_value());
+  auto body = [&]() -> task<void> {
+    auto [c, s] = co_await connected_pair(*l);
+    REQUIRE(c.set_keepalive(7, 3, 4).has_value());
+    auto get = [&](int level, int name) {
+      int v = -1;
+      socklen_t n = sizeof v;
+      REQUIRE(::getsockopt(c.fd(), level, name, &v, &n) == 0);
+      return v;
+    };
+    CHECK(get(SOL_SOCKET, SO_KEEPALIVE) == 1);
+    CHECK(get(IPPROTO_TCP, TCP_KEEPIDLE) == 7);
+    CHECK(get(IPPROTO_TCP, TCP_KEEPINTVL) == 3);
+    CHECK(get(IPPROTO_TCP, TCP_KEEPCNT) == 4);
+    CHECK(get(SOL_SOCKET, SO_KEEPALIVE) == 1);
+    auto bad = c.set_keepalive(0, 3, 4);
+    REQUIRE_FALSE(bad.has_value());
+    CHECK(bad.error() == std::errc::invalid_argument);
+    CHECK(get(IPPROTO_TCP, TCP_KEEPIDLE) == 7);  // unchanged by the rejected call
+  };
+  r.block_on(body());
 }

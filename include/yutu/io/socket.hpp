@@ -222,6 +222,10 @@ class tcp_stream {
   result<void> set_recv_buffer_size(int bytes) noexcept;
   // SO_LINGER; (true, 0) makes close() send RST instead of FIN and skip TIME_WAIT.
   result<void> set_linger(bool on, int seconds) noexcept;
+  // TCP keepalive: after `idle_s` seconds without traffic, `count` probes `interval_s` apart; a peer
+  // whose host died (no FIN, no RST) then fails the connection's pending and next operations instead
+  // of holding it open for ever.
+  result<void> set_keepalive(int idle_s, int interval_s, int count) noexcept;
   void set_zero_copy(zc_policy p) noexcept { zc_ = p; }
 
  private:
