@@ -56,8 +56,12 @@ result<engine_config> engine_config::from_json(std::string_view text) {
     if (!keys.contains(k)) return fail(bad(fmt::format("unknown key \"{}\"", k)));
   if (auto r = j.find("rdma"); r != j.end()) {
     if (!r->is_object()) return fail(bad("\"rdma\" is not an object"));
-    for (const auto& [k, _] : r->items())
+    for (const auto& [k, v] : r->items()) {
       if (!rdma_keys.contains(k)) return fail(bad(fmt::format("unknown key \"rdma.{}\"", k)));
+      // gid_index -1 means "choose"; every other rdma number is a size or a count.
+      if (k != "gid_index" && v.is_number_integer() && v.get<long long>() < 0)
+        return fail(bad(fmt::format("\"rdma.{}\" is negative", k)));
+    }
   }
   // Negative numbers would wrap to huge unsigned values in the conversions below.
   for (const auto& [k, v] : j.items())

@@ -314,6 +314,8 @@ TEST_CASE("config from JSON and YUTU_* variables; bad values are errors") {
   CHECK_FALSE(engine_config::from_json(R"({"rdma": {"slice_sise": 4096}})"));
   CHECK_FALSE(engine_config::from_json(R"({"rdma": 1})"));
   CHECK_FALSE(engine_config::from_json(R"({"threads": -1})"));
+  CHECK_FALSE(engine_config::from_json(R"({"rdma": {"qps_per_endpoint": -1}})"));
+  CHECK(engine_config::from_json(R"({"rdma": {"gid_index": -1}})"));
   CHECK_FALSE(engine_config::from_json(R"({"threads": 100000})"));
   CHECK_FALSE(engine_config::from_json(R"({"transports": []})"));
   CHECK_FALSE(engine_config::from_json(R"({"threads": "3"})"));
