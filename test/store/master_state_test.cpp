@@ -341,6 +341,50 @@ TEST_CASE("batch operations answer per key") {
   CHECK(mt.failed_items[static_cast<std::size_t>(master_op::batch_put_start)] == 4);
 }
 
+TEST_CASE("many keys: removals in any order leave every other key findable") {
+  // The object table probes linearly and closes the gap a removal leaves; thousands of keys, removed
+  // in a scattered order, cross its growths and wrap around its end.
+  fixture f;
+  auto& m = *f.m;
+  REQUIRE(m.mount_segment_sync("c1", seg("s1", "h1", 64 * mib)).has_value());
+  constexpr std::size_t n = 5000;
+  const auto key = [](std::size_t i) { return "key-" + std::to_string(i); };
+  for (std::size_t i = 0; i < n; ++i) f.put(key(i), 64);
+  CHECK(m.metrics().key_count == n);
+  std::vector<bool> gone(n, false);
+  for (std::size_t step = 0; step < n / 2; ++step) {
+    const std::size_t i = (step * 2654435761u) % n;
+    if (gone[i]) continue;
+    REQUIRE(m.remove_sync(key(i), true).has_value());
+    gone[i] = true;
+  }
+  std::size_t left = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    CHECK(f.has(key(i)) == !gone[i]);
+    left += gone[i] ? 0 : 1;
+  }
+  CHECK(m.metrics().key_count == left);
+  for (std::size_t i = 0; i < n; ++i)
+    if (gone[i]) f.put(key(i), 64);
+  CHECK(m.metrics().key_count == n);
+  CHECK(*m.remove_all_sync(true) == n);
+  CHECK(m.metrics().key_count == 0);
+  CHECK_FALSE(f.has(key(0)));
+}
+
+TEST_CASE("a put_start that places no replica leaves no key behind") {
+  fixture f;
+  auto& m = *f.m;
+  auto r = m.put_start_sync("c1", "k", 100, replicas(1));  // no segment mounted
+  CHECK(r.error() == code(errc::no_available_handle));
+  CHECK_FALSE(f.has("k"));
+  CHECK(m.metrics().key_count == 0);
+  CHECK(m.put_end_sync("c1", "k").error() == code(errc::object_not_found));
+  REQUIRE(m.mount_segment_sync("c1", seg("s1", "h1", mib)).has_value());
+  f.put("k", 100);
+  CHECK(f.has("k"));
+}
+
 TEST_CASE("remove_all skips leased and in-flight objects unless forced") {
   fixture f;
   auto& m = *f.m;
