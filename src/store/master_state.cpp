@@ -112,6 +112,20 @@ struct object_entry {
 // put the map's lookups and rehashes at 60 % of the master's CPU time.
 constexpr std::size_t huge_page = 2 << 20;
 
+// Under AddressSanitizer the pool hands each block to operator new instead, so that a dangling
+// pointer to a removed entry is still reported.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool pool_blocks = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool pool_blocks = false;
+#else
+constexpr bool pool_blocks = true;
+#endif
+#else
+constexpr bool pool_blocks = true;
+#endif
+
 // Zeroed memory straight from the kernel, asked to be backed by huge pages. The master's table grows
 // by a few hundred bytes a key: through malloc that was a page fault every dozen keys plus an
 // mprotect each time a thread's arena grew (perf: 20 % of the master's CPU on batched puts).
@@ -135,6 +149,7 @@ class block_pool {
   }
 
   void* allocate() {
+    if constexpr (!pool_blocks) return ::operator new(sizeof(T));
     if (free_ != nullptr) {
       void* p = free_;
       free_ = *static_cast<void**>(p);
@@ -146,6 +161,10 @@ class block_pool {
     return p;
   }
   void deallocate(void* p) noexcept {
+    if constexpr (!pool_blocks) {
+      ::operator delete(p);
+      return;
+    }
     *static_cast<void**>(p) = free_;
     free_ = p;
   }
