@@ -84,7 +84,6 @@ struct object_entry {
   std::string key;
   std::size_t hash = 0;  // string_hash of key, kept for the table's growth and erase
   version cur;            // readable once `complete`
-  bool complete = false;  // false: the first put is in flight
   std::unique_ptr<version> pending;  // an upsert in flight over a complete object
   time_point lease_until{};
   time_point soft_pin_until{};
@@ -92,12 +91,14 @@ struct object_entry {
   // Exact LRU over complete objects that are not hard-pinned, oldest at the head.
   object_entry* lru_prev = nullptr;
   object_entry* lru_next = nullptr;
-  bool in_lru = false;
   // In-flight writes (first put or upsert) in start order, for the discard timeout.
   object_entry* fl_prev = nullptr;
   object_entry* fl_next = nullptr;
+  // The small fields together, without padding between them: every key's entry is fresh memory.
+  std::uint32_t group_pos = 0;
+  bool complete = false;  // false: the first put is in flight
+  bool in_lru = false;
   bool in_flight_list = false;
-  std::size_t group_pos = 0;
   bool victim = false;  // scratch mark of an eviction round
 
   bool in_flight() const noexcept { return !complete || pending != nullptr; }
@@ -658,7 +659,7 @@ struct master_state::impl {
   void group_add(object_entry& o) {
     if (o.cur.group.empty()) return;
     auto& members = groups[o.cur.group];
-    o.group_pos = members.size();
+    o.group_pos = static_cast<std::uint32_t>(members.size());
     members.push_back(&o);
   }
 
