@@ -220,7 +220,9 @@ class object_table {
 
   // The entry of `key`, and whether it was created (default-constructed, its key set).
   std::pair<object_entry*, bool> try_emplace(std::string_view key) {
-    if ((size_ + 1) * 2 > cap_) grow();
+    // At most 3/4 full: 16-byte slots put four to a cache line, so the longer runs cost less than
+    // the memory a sparser array takes (each doubling is fresh memory to clear).
+    if ((size_ + 1) * 4 > cap_ * 3) grow();
     const std::size_t h = string_hash{}(key);
     std::size_t i = h & mask_;
     for (;; i = (i + 1) & mask_) {
