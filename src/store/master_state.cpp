@@ -860,7 +860,14 @@ struct master_state::impl {
     // One probe for a new key: its entry is created now, and dropped again if no replica fits.
     auto [op, inserted] = objects.try_emplace(key);
     if (inserted) {
-      auto rs = allocate_replicas(client, size, rc, now);
+      auto rs = [&] {
+        try {
+          return allocate_replicas(client, size, rc, now);
+        } catch (...) {
+          objects.erase(*op);  // no half-made key left behind
+          throw;
+        }
+      }();
       if (!rs) {
         objects.erase(*op);
         return fail(rs.error());
