@@ -1,4 +1,4 @@
-// The initiator side of a pipelined TCP connection: send lock, FIFO of slots, receiver coroutine.
+// The initiator side of a pipelined TCP connection: FIFO of slots, gathering sender, buffered receiver.
 #include "tcp_conn.hpp"
 
 #include <sys/uio.h>
@@ -10,7 +10,7 @@
 
 namespace yutu::transfer::detail {
 
-task<result<void>> send_frame(int fd, const wire::header_bytes& hdr, std::span<const std::byte> payload) {
+task<result<void>> send_frame(int fd, std::span<const std::byte> hdr, std::span<const std::byte> payload) {
   std::size_t sent = 0;
   const std::size_t total = hdr.size() + payload.size();
   bool first = true;
@@ -47,6 +47,41 @@ task<result<void>> send_frame(int fd, const wire::header_bytes& hdr, std::span<c
   co_return ok();
 }
 
+task<result<void>> send_iov(int fd, std::span<iovec> iov) {
+  iovec* v = iov.data();
+  std::size_t n = iov.size();
+  bool first = true;
+  while (n > 0) {
+    msghdr m{};
+    m.msg_iov = v;
+    m.msg_iovlen = n;
+    std::size_t sent = 0;
+    if (first) {
+      // As in send_frame: inline while the socket buffer has room, the ring for what did not fit.
+      first = false;
+      const ssize_t k = ::sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) co_return fail_errno(-errno);
+      if (k > 0) sent = static_cast<std::size_t>(k);
+    }
+    if (sent == 0) {
+      auto r = co_await sendmsg_op(fd, &m);
+      if (!r) co_return fail(r.error());
+      if (*r == 0) co_return fail(errc::closed);
+      sent = *r;
+    }
+    while (n > 0 && sent >= v->iov_len) {
+      sent -= v->iov_len;
+      ++v;
+      --n;
+    }
+    if (n > 0) {
+      v->iov_base = static_cast<std::byte*>(v->iov_base) + sent;
+      v->iov_len -= sent;
+    }
+  }
+  co_return ok();
+}
+
 task<result<void>> recv_all(io::tcp_stream& s, std::span<std::byte> buf, bool try_now) {
   std::size_t got = 0;
   if (try_now && !buf.empty()) {
@@ -57,6 +92,11 @@ task<result<void>> recv_all(io::tcp_stream& s, std::span<std::byte> buf, bool tr
     if (k > 0) got = static_cast<std::size_t>(k);
     else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) co_return fail_errno(-errno);
   }
+  if (got == buf.size()) co_return ok();
+  co_return co_await recv_rest(s, buf, got);
+}
+
+task<result<void>> recv_rest(io::tcp_stream& s, std::span<std::byte> buf, std::size_t got) {
   while (got < buf.size()) {
     // Not cancellable by the caller's token: a half-received frame would desynchronise the stream.
     // Connections are ended by shutdown() instead.
@@ -68,6 +108,25 @@ task<result<void>> recv_all(io::tcp_stream& s, std::span<std::byte> buf, bool tr
     got += *r;
   }
   co_return ok();
+}
+
+task<result<std::size_t>> recv_with_next(io::tcp_stream& s, std::span<std::byte> buf, std::span<std::byte> next) {
+  // One non-blocking call takes the payload and whatever already follows it (the next frame's
+  // header, pipelined behind): the next read then costs no call at all.
+  iovec iov[2] = {{buf.data(), buf.size()}, {next.data(), next.size()}};
+  msghdr m{};
+  m.msg_iov = iov;
+  m.msg_iovlen = 2;
+  const ssize_t k = ::recvmsg(s.fd(), &m, MSG_DONTWAIT);
+  if (k == 0) co_return fail(errc::closed);
+  std::size_t got = 0;
+  if (k > 0)
+    got = static_cast<std::size_t>(k);
+  else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+    co_return fail_errno(-errno);
+  if (got >= buf.size()) co_return got - buf.size();
+  if (auto r = co_await recv_rest(s, buf, got); !r) co_return fail(r.error());
+  co_return std::size_t{0};
 }
 
 task<result<void>> drain(io::tcp_stream& s, std::uint64_t n) {
@@ -90,6 +149,7 @@ client_conn::~client_conn() {
 }
 
 void client_conn::start(std::size_t home_index, engine_spawner& sp) {
+  sp.spawn_on(home_index, send_loop(shared_from_this()));
   sp.spawn_on(home_index, receive_loop(shared_from_this()));
 }
 
@@ -106,17 +166,7 @@ client_conn::slot* client_conn::acquire_slot() {
       // The stop callback posted this; we are on the home reactor.
       slot* sl = static_cast<slot::cancel_node*>(w)->owner;
       client_conn* c = sl->conn;
-      if (!sl->done) {
-        if (sl->dest && sl->receiving_payload) {
-          // The payload is being received into the caller's memory right now: only aborting the
-          // socket both ends the wait promptly and guarantees no byte lands after we return.
-          c->shutdown();
-        } else {
-          sl->dest = nullptr;  // a late payload is drained, never written
-          sl->payload_out = nullptr;
-          c->complete(sl, std::make_error_code(std::errc::operation_canceled));
-        }
-      }
+      c->cancel(sl);
       c->release(sl);
     };
   }
@@ -127,6 +177,10 @@ client_conn::slot* client_conn::acquire_slot() {
   s->ec = {};
   s->dest = nullptr;
   s->payload_out = nullptr;
+  s->payload = {};
+  s->queued = false;
+  s->in_op = false;
+  s->deferred = false;
   s->refs.store(2, std::memory_order_relaxed);  // the FIFO's and the caller's
   return s;
 }
@@ -139,13 +193,60 @@ void client_conn::release(slot* s) noexcept {
 }
 
 void client_conn::complete(slot* s, std::error_code ec) noexcept {
-  if (s->done) return;
+  if (s->done || s->deferred) return;
+  if (s->in_op) {
+    // The kernel may still be reading this frame's payload: the caller gets it back only after the
+    // sender's operation returned (end_op).
+    s->deferred = true;
+    s->ec = ec;
+    return;
+  }
   s->done = true;
   s->ec = ec;
   if (s->waiter) {
     s->resume.handle = s->waiter;
     home_->schedule_local(&s->resume);
   }
+}
+
+void client_conn::unlink_unsent(slot* s) noexcept {
+  slot* prev = nullptr;
+  for (slot* p = fifo_head_; p && p != s; p = p->next) prev = p;
+  if (prev)
+    prev->next = s->next;
+  else
+    fifo_head_ = s->next;
+  if (fifo_tail_ == s) fifo_tail_ = prev;
+  if (send_head_ == s) send_head_ = s->next;  // send_off_ is 0: nothing of it left
+  s->next = nullptr;
+  s->queued = false;
+}
+
+void client_conn::cancel(slot* sl) noexcept {
+  if (sl->done || sl->deferred) return;
+  if (sl->in_op || (sl->dest && sl->receiving_payload)) {
+    // Bytes are moving between the socket and the caller's memory right now (its payload in the
+    // send in flight, or a READ landing): only aborting the socket both ends the wait promptly and
+    // guarantees the memory is untouched once the caller resumes.
+    shutdown();
+    return;
+  }
+  if (sl->queued && !(sl == send_head_ && send_off_ > 0)) {
+    // Not sent at all: it never reaches the wire, and no response will come for it.
+    unlink_unsent(sl);
+    complete(sl, std::make_error_code(std::errc::operation_canceled));
+    release(sl);  // the FIFO's reference
+    return;
+  }
+  if (sl->queued) {
+    // Half sent, nothing in flight: the stream cannot carry the rest without the caller's memory.
+    broken_ = true;
+    broken_ec_ = make_error_code(te_errc::peer_unreachable);
+    shutdown();
+  }
+  sl->dest = nullptr;  // a late payload is drained, never written
+  sl->payload_out = nullptr;
+  complete(sl, std::make_error_code(std::errc::operation_canceled));
 }
 
 void client_conn::shutdown() noexcept {
@@ -156,13 +257,27 @@ void client_conn::shutdown() noexcept {
 void client_conn::fail_all(std::error_code ec) noexcept {
   broken_ = true;
   broken_ec_ = ec;
+  send_head_ = nullptr;
+  send_off_ = 0;
   while (slot* s = fifo_head_) {
     fifo_head_ = s->next;
+    s->queued = false;
     complete(s, ec);
     release(s);
   }
   fifo_tail_ = nullptr;
+  if (sender_idle_) {  // let the sender see broken_ and end
+    sender_wake_.handle = std::exchange(sender_idle_, {});
+    home_->schedule_local(&sender_wake_);
+  }
 }
+
+struct client_conn::idle_awaiter {
+  client_conn* c;
+  bool await_ready() const noexcept { return c->send_head_ != nullptr || c->broken_; }
+  void await_suspend(std::coroutine_handle<> h) noexcept { c->sender_idle_ = h; }
+  void await_resume() const noexcept {}
+};
 
 struct client_conn::slot_awaiter {
   slot* s;
@@ -177,10 +292,19 @@ struct client_conn::slot_awaiter {
 
   bool await_ready() const noexcept { return s->done; }
   template <class P>
-  void await_suspend(std::coroutine_handle<P> h) noexcept {
+  std::coroutine_handle<> await_suspend(std::coroutine_handle<P> h) noexcept {
     s->waiter = h;
     std::stop_token tok = coro::detail::stop_token_of(h);
     if (tok.stop_possible()) stop_cb.emplace(tok, cb{s});
+    // A parked sender is queued behind the work already runnable on this reactor, not run at once:
+    // the other requests of a batch are started in that same turn, and their frames then leave
+    // together in one write.
+    client_conn* c = s->conn;
+    if (auto idle = std::exchange(c->sender_idle_, {})) {
+      c->sender_wake_.handle = idle;
+      c->home_->schedule_local(&c->sender_wake_);
+    }
+    return std::noop_coroutine();
   }
   std::error_code await_resume() noexcept {
     stop_cb.reset();
@@ -191,47 +315,167 @@ struct client_conn::slot_awaiter {
 task<std::error_code> client_conn::call(wire::header h, std::span<const std::byte> payload, std::byte* dest,
                                          std::string* payload_out) {
   if (broken_) co_return make_error_code(te_errc::peer_unreachable);
-  slot* s = nullptr;
-  {
-    auto guard = co_await send_mu_.lock();
-    if (!guard) co_return guard.error();
-    if (broken_) co_return make_error_code(te_errc::peer_unreachable);
-    s = acquire_slot();
-    s->id = next_id_++;
-    h.id = s->id;
-    switch (h.type) {
-      case wire::frame_type::write: s->expect = wire::frame_type::write_ack; break;
-      case wire::frame_type::read: s->expect = wire::frame_type::read_resp; break;
-      case wire::frame_type::desc_req: s->expect = wire::frame_type::desc_resp; break;
-      case wire::frame_type::notify: s->expect = wire::frame_type::notify_ack; break;
-      default: s->expect = h.type; break;
-    }
-    s->dest = dest;
-    s->length = h.type == wire::frame_type::read ? h.length : 0;
-    s->payload_out = payload_out;
-    if (fifo_tail_)
-      fifo_tail_->next = s;
-    else
-      fifo_head_ = s;
-    fifo_tail_ = s;
-    auto hb = wire::encode(h);
-    auto r = co_await send_frame(s_.fd(), hb, payload);
-    if (!r) {
-      // A partial frame desynchronises the stream: end the connection; the receiver fails the slots.
-      log::debug("tcp: send failed: {}", r.error().message());
-      shutdown();
-    }
+  slot* s = acquire_slot();
+  s->id = next_id_++;
+  h.id = s->id;
+  switch (h.type) {
+    case wire::frame_type::write: s->expect = wire::frame_type::write_ack; break;
+    case wire::frame_type::read: s->expect = wire::frame_type::read_resp; break;
+    case wire::frame_type::desc_req: s->expect = wire::frame_type::desc_resp; break;
+    case wire::frame_type::notify: s->expect = wire::frame_type::notify_ack; break;
+    default: s->expect = h.type; break;
+  }
+  s->dest = dest;
+  s->length = h.type == wire::frame_type::read ? h.length : 0;
+  s->payload_out = payload_out;
+  s->hdr = wire::encode(h);
+  s->payload = payload;
+  s->queued = true;
+  if (fifo_tail_)
+    fifo_tail_->next = s;
+  else
+    fifo_head_ = s;
+  fifo_tail_ = s;
+  if (!send_head_) {
+    send_head_ = s;
+    send_off_ = 0;
   }
   std::error_code ec = co_await slot_awaiter{s, {}};
   release(s);
   co_return ec;
 }
 
+void client_conn::advance(std::size_t sent) noexcept {
+  while (sent > 0 && send_head_) {
+    slot* s = send_head_;
+    const std::size_t left = s->hdr.size() + s->payload.size() - send_off_;
+    if (sent < left) {
+      send_off_ += sent;
+      return;
+    }
+    sent -= left;
+    s->queued = false;
+    send_head_ = s->next;
+    send_off_ = 0;
+  }
+}
+
+void client_conn::end_op(std::size_t nslots) noexcept {
+  for (std::size_t i = 0; i < nslots; ++i) {
+    slot* s = op_slots_[i];
+    s->in_op = false;
+    if (s->deferred) {
+      s->deferred = false;
+      complete(s, s->ec);
+    }
+  }
+}
+
+task<void> client_conn::send_loop(std::shared_ptr<client_conn> self) {
+  bool try_inline = true;
+  while (!broken_) {
+    if (!send_head_) {
+      co_await idle_awaiter{this};
+      try_inline = true;
+      continue;
+    }
+    // Gather the queued frames, from where the last write stopped.
+    std::size_t niov = 0, nslots = 0, bytes = 0, off = send_off_;
+    for (slot* s = send_head_; s && nslots < max_frames_per_send && bytes < max_bytes_per_send; s = s->next) {
+      const std::size_t hs = s->hdr.size();
+      if (off < hs) {
+        iov_[niov++] = {const_cast<std::byte*>(s->hdr.data()) + off, hs - off};
+        bytes += hs - off;
+        off = hs;
+      }
+      if (off - hs < s->payload.size()) {
+        iov_[niov++] = {const_cast<std::byte*>(s->payload.data()) + (off - hs), s->payload.size() - (off - hs)};
+        bytes += s->payload.size() - (off - hs);
+      }
+      op_slots_[nslots++] = s;
+      off = 0;
+    }
+    msghdr m{};
+    m.msg_iov = iov_;
+    m.msg_iovlen = niov;
+    std::size_t sent = 0;
+    std::error_code err;
+    if (try_inline) {
+      // While the socket buffer has room a send is a memcpy: do it here, non-blocking, and use the
+      // ring only for what did not fit (one io_uring operation and loop turn less per write).
+      const ssize_t k = ::sendmsg(s_.fd(), &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (k > 0)
+        sent = static_cast<std::size_t>(k);
+      else if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+        err = std::error_code(errno, std::system_category());
+    }
+    if (!err && sent == 0) {
+      for (std::size_t i = 0; i < nslots; ++i) op_slots_[i]->in_op = true;
+      // Not cancellable by any caller's token: a half-sent frame would desynchronise the stream.
+      // A connection is ended by shutdown() instead, which fails this at once.
+      auto r = co_await sendmsg_op(s_.fd(), &m).with_stop_token(std::stop_token{});
+      end_op(nslots);
+      if (!r)
+        err = r.error();
+      else if (*r == 0)
+        err = make_error_code(errc::closed);
+      else
+        sent = *r;
+      try_inline = true;
+    } else {
+      // A short inline write means the socket buffer is full: the rest goes through the ring.
+      try_inline = sent == bytes;
+    }
+    if (err) {
+      log::debug("tcp: send failed: {}", err.message());
+      // The receiver sees the shut socket and fails every pending request.
+      broken_ = true;
+      broken_ec_ = make_error_code(te_errc::peer_unreachable);
+      shutdown();
+      break;
+    }
+    advance(sent);
+  }
+  (void)self;
+}
+
+task<result<void>> client_conn::read_header(wire::header_bytes& hb) {
+  if (rend_ - rpos_ < hb.size()) {
+    std::memmove(rbuf_.data(), rbuf_.data() + rpos_, rend_ - rpos_);
+    rend_ -= rpos_;
+    rpos_ = 0;
+    while (rend_ < hb.size()) {
+      // Whatever has arrived, up to the buffer's size: a run of pipelined acks costs one receive.
+      auto r = co_await io::recv_op(s_.fd(), std::span(rbuf_).subspan(rend_)).with_stop_token(std::stop_token{});
+      if (!r) co_return fail(r.error());
+      if (*r == 0) co_return fail(errc::closed);
+      rend_ += *r;
+    }
+  }
+  std::memcpy(hb.data(), rbuf_.data() + rpos_, hb.size());
+  rpos_ += hb.size();
+  co_return ok();
+}
+
+task<result<void>> client_conn::read_payload(std::byte* dest, std::uint64_t n) {
+  // The buffer may hold the payload's first bytes (read ahead with the header).
+  const std::size_t take = static_cast<std::size_t>(std::min<std::uint64_t>(n, rend_ - rpos_));
+  if (dest) std::memcpy(dest, rbuf_.data() + rpos_, take);
+  rpos_ += take;
+  if (take == n) co_return ok();
+  rpos_ = rend_ = 0;  // all of it was taken
+  if (!dest) co_return co_await drain(s_, n - take);
+  auto r = co_await recv_with_next(s_, std::span(dest + take, n - take), std::span(rbuf_));
+  if (!r) co_return fail(r.error());
+  rend_ = *r;
+  co_return ok();
+}
+
 task<void> client_conn::receive_loop(std::shared_ptr<client_conn> self) {
   wire::header_bytes hb;
   std::error_code err;
   for (;;) {
-    auto r = co_await recv_all(s_, hb);
+    auto r = co_await read_header(hb);
     if (!r) {
       err = make_error_code(te_errc::peer_unreachable);
       break;
@@ -255,18 +499,14 @@ task<void> client_conn::receive_loop(std::shared_ptr<client_conn> self) {
         release(s);
         break;
       }
-      result<void> rr;
-      if (s->dest && !s->done) {
-        s->receiving_payload = true;
-        rr = co_await recv_all(s_, std::span(s->dest, h->length), /*try_now=*/true);
-        s->receiving_payload = false;
-      } else {
-        rr = co_await drain(s_, h->length);
-      }
+      const bool deliver = s->dest && !s->done;
+      s->receiving_payload = deliver;
+      auto rr = co_await read_payload(deliver ? s->dest : nullptr, h->length);
+      s->receiving_payload = false;
       if (!rr) stream_ok = false;
     } else if (h->type == wire::frame_type::desc_resp && h->status == 0) {
       std::string body(h->length, '\0');
-      auto rr = co_await recv_all(s_, std::as_writable_bytes(std::span(body)), /*try_now=*/true);
+      auto rr = co_await read_payload(reinterpret_cast<std::byte*>(body.data()), h->length);
       if (!rr)
         stream_ok = false;
       else if (s->payload_out && !s->done)
@@ -281,6 +521,7 @@ task<void> client_conn::receive_loop(std::shared_ptr<client_conn> self) {
     complete(s, ec);
     release(s);
   }
+  shutdown();  // a sender blocked on a full socket returns at once
   fail_all(err);
   s_.close();
   (void)self;

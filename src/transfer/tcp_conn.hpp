@@ -1,16 +1,19 @@
 // Private to the engine: a pipelined TCP connection to one peer (initiator side).
 //
-// Requests are framed (wire.hpp) and written back to back under a send lock; responses come back in
-// the same order, so a FIFO of pending slots matches them without ids in a map. One receiver
-// coroutine per connection reads responses and, for READs, receives the payload straight into the
-// caller's memory. A caller whose batch is cancelled abandons its slot: the slot stays in the FIFO
+// Requests are framed (wire.hpp) and queued; one sender coroutine per connection writes every queued
+// frame in one gathered sendmsg (many 64 KiB frames leave as one large write, which the kernel moves
+// far faster than one call per frame: docs/performance.md). Responses come back in the same order, so
+// the same FIFO of slots matches them without ids in a map. One receiver coroutine per connection
+// reads responses and, for READs, receives the payload straight into the caller's memory. A caller whose batch is cancelled abandons its slot: the slot stays in the FIFO
 // (owned by the connection, never by the caller's frame) and a late READ payload is drained into
 // scratch, so cancellation never lets bytes land in memory the caller may already have freed.
 // Everything here runs on the connection's home reactor, except the stop callback, which only posts.
 #pragma once
 
 #include <sys/socket.h>
+#include <sys/uio.h>
 
+#include <array>
 #include <atomic>
 #include <coroutine>
 #include <memory>
@@ -20,7 +23,6 @@
 #include <string>
 #include <vector>
 
-#include "yutu/coro/async_mutex.hpp"
 #include "yutu/io/op.hpp"
 #include "yutu/io/reactor.hpp"
 #include "yutu/io/socket.hpp"
@@ -28,7 +30,7 @@
 
 namespace yutu::transfer::detail {
 
-// sendmsg through the ring: a frame header and its payload leave in one call.
+// sendmsg through the ring: frame headers and their payloads leave in one call.
 class sendmsg_op : public io::uring_op<sendmsg_op> {
  public:
   sendmsg_op(int fd, const msghdr* m) noexcept : fd_(fd), msg_(m) {}
@@ -51,13 +53,20 @@ inline constexpr int keepalive_idle_s = 10;
 inline constexpr int keepalive_interval_s = 2;
 inline constexpr int keepalive_count = 3;
 
-// Sends header + payload completely (handles short writes).
-task<result<void>> send_frame(int fd, const wire::header_bytes& hdr, std::span<const std::byte> payload);
+// Sends the iovecs' bytes completely (handles short writes; advances the iovecs as it goes).
+task<result<void>> send_iov(int fd, std::span<iovec> iov);
+// Sends head (one or more encoded headers) + payload completely (handles short writes).
+task<result<void>> send_frame(int fd, std::span<const std::byte> head, std::span<const std::byte> payload);
 
 // Receives exactly buf.size() bytes; premature EOF is errc::closed. With try_now, a non-blocking
 // recv(2) is tried first (for bytes that are most likely already queued).
 task<result<void>> recv_all(io::tcp_stream& s, std::span<std::byte> buf, bool try_now);
 inline task<result<void>> recv_all(io::tcp_stream& s, std::span<std::byte> buf) { return recv_all(s, buf, false); }
+// Receives the rest of buf, of which `got` bytes are already there, through the ring.
+task<result<void>> recv_rest(io::tcp_stream& s, std::span<std::byte> buf, std::size_t got);
+// Receives buf completely; bytes already queued behind it land in `next` in the same call (their
+// count is the result; 0 when buf had to be waited for).
+task<result<std::size_t>> recv_with_next(io::tcp_stream& s, std::span<std::byte> buf, std::span<std::byte> next);
 // Reads and discards n bytes.
 task<result<void>> drain(io::tcp_stream& s, std::uint64_t n);
 
@@ -74,6 +83,12 @@ class client_conn : public std::enable_shared_from_this<client_conn> {
     std::error_code ec;
     bool done = false;
     bool receiving_payload = false;  // the receiver is writing into dest right now
+    // Sending: the encoded request and its payload (the caller's memory, alive until completion).
+    wire::header_bytes hdr{};
+    std::span<const std::byte> payload;
+    bool queued = false;    // not completely sent yet
+    bool in_op = false;     // part of the ring send in flight: the kernel may still read the payload
+    bool deferred = false;  // completed while in_op: resumed once that send returned
     std::coroutine_handle<> waiter;
     struct cancel_node : coro::work_item {
       slot* owner = nullptr;
@@ -90,7 +105,7 @@ class client_conn : public std::enable_shared_from_this<client_conn> {
   bool broken() const noexcept { return broken_; }
   int fd() const noexcept { return s_.fd(); }
 
-  // Starts the receiver. Call once, on the home reactor, with the owning shared_ptr alive.
+  // Starts the sender and the receiver. Call once, with the owning shared_ptr alive.
   void start(std::size_t home_index, class engine_spawner& sp);
 
   // Sends one request frame and awaits its response (home reactor only). For READs the payload
@@ -104,20 +119,45 @@ class client_conn : public std::enable_shared_from_this<client_conn> {
   void shutdown() noexcept;
 
   task<void> receive_loop(std::shared_ptr<client_conn> self);
+  task<void> send_loop(std::shared_ptr<client_conn> self);
+
+  // One gathered send carries at most this many frames and stops adding frames past this many bytes:
+  // past about 1 MiB a larger write gains nothing, and the iovec array stays small.
+  static constexpr std::size_t max_frames_per_send = 64;
+  static constexpr std::size_t max_bytes_per_send = 2u << 20;
 
  private:
   slot* acquire_slot();
   void release(slot* s) noexcept;
   void complete(slot* s, std::error_code ec) noexcept;
+  void cancel(slot* s) noexcept;
+  void unlink_unsent(slot* s) noexcept;
+  // The sender: after its ring send returned, the frames in it may complete.
+  void end_op(std::size_t nslots) noexcept;
+  void advance(std::size_t sent) noexcept;
+  // The receiver reads through a small buffer, so that a run of acks costs one receive; a READ's
+  // payload is received straight into the caller's memory, except the first bytes read ahead.
+  task<result<void>> read_header(wire::header_bytes& hb);
+  task<result<void>> read_payload(std::byte* dest, std::uint64_t n);  // dest nullptr: discard
   struct slot_awaiter;
+  struct idle_awaiter;
 
   io::reactor* home_;
   io::tcp_stream s_;
   std::uint64_t max_payload_;
-  coro::async_mutex send_mu_;
   std::uint64_t next_id_ = 1;
+  // Slots awaiting their response, in send order; send_head_ is the first not completely sent
+  // (send_off_ bytes of its frame are), everything behind it is unsent.
   slot* fifo_head_ = nullptr;
   slot* fifo_tail_ = nullptr;
+  slot* send_head_ = nullptr;
+  std::size_t send_off_ = 0;
+  std::coroutine_handle<> sender_idle_;  // the sender, parked while nothing is queued
+  coro::resume_item sender_wake_;
+  iovec iov_[2 * max_frames_per_send];
+  slot* op_slots_[max_frames_per_send];
+  std::array<std::byte, 4096> rbuf_;
+  std::size_t rpos_ = 0, rend_ = 0;
   slot* free_ = nullptr;
   std::size_t slots_allocated_ = 0;
   bool broken_ = false;
