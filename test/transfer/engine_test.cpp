@@ -8,6 +8,7 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <stop_token>
 #include <thread>
 #include <vector>
 
@@ -137,6 +138,46 @@ TEST_CASE("thousands of concurrent requests in one batch") {
     CHECK(std::memcmp(dst.p + i * each + 1, src.p + i * each + 1, each - (i % 7)) == 0);
 }
 
+TEST_CASE("mixed reads, writes and bad ranges in one pipelined batch keep their order and their bytes") {
+  // Writes are acked in runs and their frames leave gathered; a READ's response (with payload) and an
+  // error response interleave with those acks: every result must still match its own request.
+  auto target = make_engine({"tcp"}, "target-m");
+  auto init = make_engine({"tcp"}, "init-m");
+  const std::size_t count = 3000, each = 4096 + 17;
+  aligned_buf tb(2 * count * each), src(count * each), dst(count * each);
+  REQUIRE(target->register_memory(tb.p, tb.n));
+  auto seg = yutu::sync_wait(init->open_segment("target-m"));
+  REQUIRE(seg);
+  fill_pattern(tb.p + count * each, count * each, 21);  // what the reads fetch
+  fill_pattern(src.p, src.n, 22);                        // what the writes store
+  std::memset(dst.p, 0, dst.n);
+  std::vector<transfer_request> batch;
+  for (std::size_t i = 0; i < count; ++i) {
+    if (i % 11 == 5)
+      batch.push_back({opcode::write, src.p + i * each, *seg, tb.addr() + tb.n + 4096 * i, each});  // unregistered
+    else if (i % 2 == 0)
+      batch.push_back({opcode::write, src.p + i * each, *seg, tb.addr(i * each), each - i % 5});
+    else
+      batch.push_back({opcode::read, dst.p + i * each, *seg, tb.addr(count * each + i * each), each - i % 3});
+  }
+  for (int round = 0; round < 3; ++round) {
+    auto res = yutu::sync_wait(init->transfer(batch));
+    REQUIRE(res.errors.size() == count);
+    for (std::size_t i = 0; i < count; ++i) {
+      CAPTURE(i);
+      if (i % 11 == 5) {
+        CHECK(res.errors[i] == te_errc::address_not_registered);
+      } else {
+        REQUIRE_FALSE(res.errors[i]);
+        if (i % 2 == 0)
+          CHECK(std::memcmp(tb.p + i * each, src.p + i * each, each - i % 5) == 0);
+        else
+          CHECK(std::memcmp(dst.p + i * each, tb.p + count * each + i * each, each - i % 3) == 0);
+      }
+    }
+  }
+}
+
 TEST_CASE("requests outside registered memory fail typed and do not disturb the rest of the batch") {
   auto target = make_engine({"tcp"}, "target-c");
   auto init = make_engine({"tcp"}, "init-c");
@@ -232,6 +273,8 @@ TEST_CASE("a batch past its deadline fails with timed_out, promptly") {
   REQUIRE(target->register_memory(tb.p, tb.n));
   auto seg = yutu::sync_wait(init->open_segment("target-g"));
   REQUIRE(seg);
+  std::memset(src.p, 0xAA, n);
+  std::memset(tb.p, 0, n);
   std::vector<transfer_request> batch;
   for (int i = 0; i < 8; ++i) batch.push_back({opcode::write, src.p, *seg, tb.addr(), n});
   auto t0 = std::chrono::steady_clock::now();
@@ -241,8 +284,47 @@ TEST_CASE("a batch past its deadline fails with timed_out, promptly") {
   bool any_timeout = false;
   for (auto& e : res.errors) any_timeout |= yutu::is_timeout(e);
   CHECK(any_timeout);
+  // Once the batch returned, its source memory is the caller's again: nothing queued or half sent may
+  // still be read from it and reach the target.
+  std::memset(src.p, 0x55, n);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK(std::memchr(tb.p, 0x55, n) == nullptr);
   // The engine is still usable afterwards.
   CHECK(yutu::sync_wait(init->write(*seg, src.p, tb.addr(), 4096)));
+}
+
+TEST_CASE("a cancelled batch returns promptly and never reads its source memory afterwards") {
+  auto target = make_engine({"tcp"}, "target-c");
+  auto init = make_engine({"tcp"}, "init-c");
+  const std::size_t n = 256 << 20;
+  aligned_buf tb(n), src(n);
+  REQUIRE(target->register_memory(tb.p, tb.n));
+  auto seg = yutu::sync_wait(init->open_segment("target-c"));
+  REQUIRE(seg);
+  std::memset(src.p, 0xAA, n);
+  std::memset(tb.p, 0, n);
+  // 2 GiB of writes: when the stop comes, some frames are acked, some are in the send in flight, and
+  // most are still queued behind it.
+  std::vector<transfer_request> batch;
+  for (int i = 0; i < 8; ++i) batch.push_back({opcode::write, src.p, *seg, tb.addr(), n});
+  std::stop_source stop;
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    stop.request_stop();
+  });
+  auto t0 = std::chrono::steady_clock::now();
+  auto res = yutu::sync_wait(init->transfer(batch), stop.get_token());
+  auto took = std::chrono::steady_clock::now() - t0;
+  canceller.join();
+  CHECK(took < std::chrono::seconds(3));
+  bool any_canceled = false;
+  for (auto& e : res.errors) any_canceled |= yutu::is_canceled(e);
+  CHECK(any_canceled);
+  std::memset(src.p, 0x55, n);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK(std::memchr(tb.p, 0x55, n) == nullptr);
+  CHECK(yutu::sync_wait(init->write(*seg, src.p, tb.addr(), 4096)));
+  CHECK(tb.p[4095] == std::byte{0x55});
 }
 
 TEST_CASE("hostile frames close only their own connection") {
