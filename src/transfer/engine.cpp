@@ -143,6 +143,7 @@ struct engine::impl final : transport_host {
   std::uint64_t incarnation() const noexcept override { return incarnation_; }
   const std::string& host_id() const noexcept override { return host_id_; }
   void spawn_on(std::size_t i, task<void> t) override { pool_->spawn(i, std::move(t)); }
+  transport_counters& counters(std::string_view t) noexcept override { return counters_for(t); }
   void peer_restarted(segment_id id, segment_desc fresh) override {
     if (auto p = find_peer(id)) set_desc(*p, std::move(fresh));
   }
@@ -967,6 +968,7 @@ std::string engine::metrics_text() const {
     line("bytes_total", t, c.bytes.load());
     line("failures_total", t, c.failures.load());
     line("fallbacks_total", t, c.fallbacks_from.load());
+    if (t == "tcp") line("zero_copy_bytes_total", t, c.zero_copy_bytes.load());
   }
   return out;
 }

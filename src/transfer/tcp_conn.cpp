@@ -373,6 +373,9 @@ void client_conn::end_op(std::size_t nslots) noexcept {
 
 task<void> client_conn::send_loop(std::shared_ptr<client_conn> self) {
   bool try_inline = true;
+  // Towards a peer on another host, large payloads leave with SEND_ZC (the pages sent in place); on
+  // this host it never pays (the receiver copies them anyway: io::tcp_stream::zc_threshold).
+  bool zero_copy = s_.zero_copy_pays() && home_->features().send_zc;
   while (!broken_) {
     if (!send_head_) {
       co_await idle_awaiter{this};
@@ -380,7 +383,7 @@ task<void> client_conn::send_loop(std::shared_ptr<client_conn> self) {
       continue;
     }
     // Gather the queued frames, from where the last write stopped.
-    std::size_t niov = 0, nslots = 0, bytes = 0, off = send_off_;
+    std::size_t niov = 0, nslots = 0, bytes = 0, payload_bytes = 0, off = send_off_;
     for (slot* s = send_head_; s && nslots < max_frames_per_send && bytes < max_bytes_per_send; s = s->next) {
       const std::size_t hs = s->hdr.size();
       if (off < hs) {
@@ -391,6 +394,7 @@ task<void> client_conn::send_loop(std::shared_ptr<client_conn> self) {
       if (off - hs < s->payload.size()) {
         iov_[niov++] = {const_cast<std::byte*>(s->payload.data()) + (off - hs), s->payload.size() - (off - hs)};
         bytes += s->payload.size() - (off - hs);
+        payload_bytes += s->payload.size() - (off - hs);
       }
       op_slots_[nslots++] = s;
       off = 0;
@@ -400,7 +404,8 @@ task<void> client_conn::send_loop(std::shared_ptr<client_conn> self) {
     m.msg_iovlen = niov;
     std::size_t sent = 0;
     std::error_code err;
-    if (try_inline) {
+    const bool zc = zero_copy && payload_bytes >= io::tcp_stream::zc_threshold;
+    if (try_inline && !zc) {
       // While the socket buffer has room a send is a memcpy: do it here, non-blocking, and use the
       // ring only for what did not fit (one io_uring operation and loop turn less per write).
       const ssize_t k = ::sendmsg(s_.fd(), &m, MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -413,8 +418,20 @@ task<void> client_conn::send_loop(std::shared_ptr<client_conn> self) {
       for (std::size_t i = 0; i < nslots; ++i) op_slots_[i]->in_op = true;
       // Not cancellable by any caller's token: a half-sent frame would desynchronise the stream.
       // A connection is ended by shutdown() instead, which fails this at once.
-      auto r = co_await sendmsg_op(s_.fd(), &m).with_stop_token(std::stop_token{});
+      result<std::size_t> r;
+      if (zc) {
+        auto op = sendmsg_zc_op(s_.fd(), &m).with_stop_token(std::stop_token{});
+        r = co_await op;
+        if (r && op.notified() && zc_bytes_) zc_bytes_->fetch_add(*r, std::memory_order_relaxed);
+      } else {
+        r = co_await sendmsg_op(s_.fd(), &m).with_stop_token(std::stop_token{});
+      }
       end_op(nslots);
+      if (!r && zc && r.error() == std::errc::operation_not_supported) {
+        // A socket or device without zero-copy support refuses before sending anything: stop asking.
+        zero_copy = false;
+        continue;
+      }
       if (!r)
         err = r.error();
       else if (*r == 0)
@@ -523,6 +540,10 @@ task<void> client_conn::receive_loop(std::shared_ptr<client_conn> self) {
   }
   shutdown();  // a sender blocked on a full socket returns at once
   fail_all(err);
+  // An abortive close: the kernel drops what is still queued instead of retransmitting it for
+  // minutes, so pages lent to a SEND_ZC are released (its notification comes) even when the peer
+  // is unreachable, and the request holding them can end within its deadline.
+  (void)s_.set_linger(true, 0);
   s_.close();
   (void)self;
 }

@@ -47,6 +47,35 @@ class sendmsg_op : public io::uring_op<sendmsg_op> {
   const msghdr* msg_;
 };
 
+// SENDMSG_ZC through the ring: the kernel sends the pages in place and owes a notification when it
+// released them; the operation completes only after that (uring_op counts both completions), so the
+// payload is the caller's again when the await returns.
+class sendmsg_zc_op : public io::uring_op<sendmsg_zc_op> {
+ public:
+  sendmsg_zc_op(int fd, const msghdr* m) noexcept : fd_(fd), msg_(m) {}
+  sendmsg_zc_op(sendmsg_zc_op&& o) noexcept : io::uring_op<sendmsg_zc_op>(std::move(o)), fd_(o.fd_), msg_(o.msg_) {}
+  void prepare(io_uring_sqe* sqe) noexcept {
+    io_uring_prep_sendmsg_zc(sqe, fd_, msg_, MSG_NOSIGNAL | MSG_WAITALL);
+  }
+  bool on_result(int, std::uint32_t flags) noexcept {
+    if (flags & IORING_CQE_F_NOTIF) {
+      notified_ = true;
+      return false;
+    }
+    return (flags & IORING_CQE_F_MORE) != 0;
+  }
+  result<std::size_t> await_resume() const noexcept {
+    if (auto ec = error()) return fail(ec);
+    return static_cast<std::size_t>(res_);
+  }
+  bool notified() const noexcept { return notified_; }
+
+ private:
+  int fd_;
+  const msghdr* msg_;
+  bool notified_ = false;
+};
+
 // TCP keepalive on the engine's connections, both sides: a peer whose host vanished (no FIN, no
 // RST) is detected after about idle + interval * count = 16 s of silence.
 inline constexpr int keepalive_idle_s = 10;
@@ -97,8 +126,10 @@ class client_conn : public std::enable_shared_from_this<client_conn> {
     client_conn* conn = nullptr;
   };
 
-  client_conn(io::reactor& home, io::tcp_stream s, std::uint64_t max_payload)
-      : home_(&home), s_(std::move(s)), max_payload_(max_payload) {}
+  // zero_copy_bytes: where to count bytes sent with SEND_ZC (null: none counted).
+  client_conn(io::reactor& home, io::tcp_stream s, std::uint64_t max_payload,
+              std::atomic<std::uint64_t>* zero_copy_bytes = nullptr)
+      : home_(&home), s_(std::move(s)), max_payload_(max_payload), zc_bytes_(zero_copy_bytes) {}
   ~client_conn();
 
   io::reactor& home() const noexcept { return *home_; }
@@ -145,6 +176,7 @@ class client_conn : public std::enable_shared_from_this<client_conn> {
   io::reactor* home_;
   io::tcp_stream s_;
   std::uint64_t max_payload_;
+  std::atomic<std::uint64_t>* zc_bytes_;
   std::uint64_t next_id_ = 1;
   // Slots awaiting their response, in send order; send_head_ is the first not completely sent
   // (send_off_ bytes of its frame are), everything behind it is unsent.

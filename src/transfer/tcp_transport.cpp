@@ -8,6 +8,7 @@
 #include "yutu/coro/when_all.hpp"
 #include "yutu/io/reactor_pool.hpp"
 #include "yutu/log.hpp"
+#include "yutu/transfer/engine.hpp"
 
 namespace yutu::transfer::detail {
 namespace {
@@ -76,7 +77,8 @@ task<result<std::shared_ptr<client_conn>>> tcp_transport::ensure_conn(const peer
   // An idle pooled connection to a host that died is found out by keepalive, not only by the next
   // request's deadline.
   (void)s->set_keepalive(keepalive_idle_s, keepalive_interval_s, keepalive_count);
-  auto c = std::make_shared<client_conn>(host_.pool().at(slot.home), std::move(*s), cfg.max_slice_size);
+  auto c = std::make_shared<client_conn>(host_.pool().at(slot.home), std::move(*s), cfg.max_slice_size,
+                                         &host_.counters("tcp").zero_copy_bytes);
   c->start(slot.home, *this);
   // Handshake: who listens there now? A restarted peer has a new incarnation.
   wire::header h;

@@ -227,10 +227,12 @@ class tcp_stream {
   // of holding it open for ever.
   result<void> set_keepalive(int idle_s, int interval_s, int count) noexcept;
   void set_zero_copy(zc_policy p) noexcept { zc_ = p; }
+  // Whether the policy calls for SEND_ZC on this stream's large chunks (under automatic: the peer is
+  // on another host). For callers that build their own sends, as the transfer engine does.
+  bool zero_copy_pays() noexcept;
 
  private:
   enum class route : std::uint8_t { unknown, local, remote };
-  bool zero_copy_pays() noexcept;
 
   int fd_ = -1;
   zc_policy zc_ = zc_policy::automatic;

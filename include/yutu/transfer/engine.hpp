@@ -63,6 +63,8 @@ struct batch_result {
 // Counters per transport; names match the Prometheus text of metrics_text().
 struct transport_counters {
   std::atomic<std::uint64_t> requests{0}, bytes{0}, failures{0}, fallbacks_from{0};
+  // tcp: bytes the kernel sent without copying them (SEND_ZC towards peers on other hosts).
+  std::atomic<std::uint64_t> zero_copy_bytes{0};
 };
 
 class engine {

@@ -28,6 +28,7 @@ class reactor_pool;
 namespace yutu::transfer {
 
 using segment_id = std::uint64_t;
+struct transport_counters;
 
 // Per-peer state a transport keeps (connections, mappings, queue pairs). Destroyed when the segment
 // is closed or the engine stops, after close_peer().
@@ -59,6 +60,8 @@ class transport_host {
   virtual void peer_restarted(segment_id id, segment_desc fresh) = 0;
   // Starts a detached task on reactor i of the engine.
   virtual void spawn_on(std::size_t reactor_index, task<void> t) = 0;
+  // The engine's counters of a transport (shown in metrics_text).
+  virtual transport_counters& counters(std::string_view transport) noexcept = 0;
   // Sends `body` to the same transport of `peer` (its on_peer_request) over the engine's TCP service
   // and returns its answer; bounded by connect_timeout. For control messages such as the RDMA queue
   // pair handshake. A non-zero status from the peer comes back as that te_errc.
