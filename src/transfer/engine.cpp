@@ -264,27 +264,14 @@ struct engine::impl final : transport_host {
     std::array<iovec, 2 * max_pending> iov;
     std::size_t pending = 0, niov = 0;
     std::uint64_t pending_bytes = 0;
-    bool hot = false;  // the last header was already there: look for the next one without the ring
-    std::size_t next_got = 0;  // bytes of the next header received with the last payload
+    detail::frame_reader in(s);
     for (;;) {
-      std::size_t got = std::exchange(next_got, 0);
-      if (got < hb.size() && (pending > 0 || hot || got > 0)) {
-        const ssize_t k = ::recv(s.fd(), hb.data() + got, hb.size() - got, MSG_DONTWAIT);
-        if (k == 0) break;
-        if (k > 0)
-          got += static_cast<std::size_t>(k);
-        else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-          break;
-      }
-      hot = got == hb.size();
-      if (!hot) {
+      if (pending > 0 && !in.has_header()) {
         // About to wait for the client: what it waits for must be on its way first.
-        if (pending > 0) {
-          pending = pending_bytes = 0;
-          if (!co_await detail::send_iov(s.fd(), std::span(iov.data(), std::exchange(niov, 0)))) break;
-        }
-        if (!co_await detail::recv_rest(s, hb, got)) break;
+        pending = pending_bytes = 0;
+        if (!co_await detail::send_iov(s.fd(), std::span(iov.data(), std::exchange(niov, 0)))) break;
       }
+      if (!co_await in.read_header(hb)) break;
       auto h = wire::decode(hb, cfg.max_slice_size);
       if (!h) {
         log::warn("engine {}: malformed frame from {}: {}; closing the connection", name,
@@ -299,13 +286,9 @@ struct engine::impl final : transport_host {
         case wire::frame_type::write: {
           resp.type = wire::frame_type::write_ack;
           std::error_code st = check_remote(*h, rd);
-          if (!st) {
-            auto got_next =
-                co_await detail::recv_with_next(s, std::span(reinterpret_cast<std::byte*>(h->addr), h->length), hb);
-            stream_ok = static_cast<bool>(got_next);
-            if (got_next) next_got = *got_next;
-          } else
-            stream_ok = static_cast<bool>(co_await detail::drain(s, h->length));
+          // A range that failed the check is read and discarded: the stream stays in step.
+          stream_ok = static_cast<bool>(
+              co_await in.read_payload(st ? nullptr : reinterpret_cast<std::byte*>(h->addr), h->length));
           resp.status = st.value();
           break;
         }
@@ -329,7 +312,7 @@ struct engine::impl final : transport_host {
         case wire::frame_type::notify: {
           resp.type = wire::frame_type::notify_ack;
           body.assign(h->length, '\0');
-          stream_ok = static_cast<bool>(co_await detail::recv_all(s, std::as_writable_bytes(std::span(body)), true));
+          stream_ok = static_cast<bool>(co_await in.read_payload(reinterpret_cast<std::byte*>(body.data()), h->length));
           if (!stream_ok) break;
           auto nul = body.find('\0');
           notification n;
@@ -357,7 +340,7 @@ struct engine::impl final : transport_host {
           // A transport's control message (the RDMA queue pair handshake): name NUL body.
           resp.type = wire::frame_type::transport_resp;
           body.assign(h->length, '\0');
-          stream_ok = static_cast<bool>(co_await detail::recv_all(s, std::as_writable_bytes(std::span(body))));
+          stream_ok = static_cast<bool>(co_await in.read_payload(reinterpret_cast<std::byte*>(body.data()), h->length));
           if (!stream_ok) break;
           auto nul = body.find('\0');
           transport* target = nullptr;

@@ -10,43 +10,6 @@
 
 namespace yutu::transfer::detail {
 
-task<result<void>> send_frame(int fd, std::span<const std::byte> hdr, std::span<const std::byte> payload) {
-  std::size_t sent = 0;
-  const std::size_t total = hdr.size() + payload.size();
-  bool first = true;
-  while (sent < total) {
-    iovec iov[2];
-    int n = 0;
-    if (sent < hdr.size()) {
-      iov[n++] = {const_cast<std::byte*>(hdr.data()) + sent, hdr.size() - sent};
-      if (!payload.empty()) iov[n++] = {const_cast<std::byte*>(payload.data()), payload.size()};
-    } else {
-      std::size_t off = sent - hdr.size();
-      iov[n++] = {const_cast<std::byte*>(payload.data()) + off, payload.size() - off};
-    }
-    msghdr m{};
-    m.msg_iov = iov;
-    m.msg_iovlen = static_cast<std::size_t>(n);
-    if (first) {
-      // Fast path: while the socket buffer has room a send is a memcpy, so do it here, non-blocking,
-      // and use the ring only for what did not fit (one io_uring operation and loop turn less per
-      // frame; see docs/performance.md).
-      first = false;
-      const ssize_t k = ::sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
-      if (k > 0) {
-        sent += static_cast<std::size_t>(k);
-        continue;
-      }
-      if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) co_return fail_errno(-errno);
-    }
-    auto r = co_await sendmsg_op(fd, &m);
-    if (!r) co_return fail(r.error());
-    if (*r == 0) co_return fail(errc::closed);
-    sent += *r;
-  }
-  co_return ok();
-}
-
 task<result<void>> send_iov(int fd, std::span<iovec> iov) {
   iovec* v = iov.data();
   std::size_t n = iov.size();
@@ -57,7 +20,8 @@ task<result<void>> send_iov(int fd, std::span<iovec> iov) {
     m.msg_iovlen = n;
     std::size_t sent = 0;
     if (first) {
-      // As in send_frame: inline while the socket buffer has room, the ring for what did not fit.
+      // While the socket buffer has room a send is a memcpy: do it here, non-blocking, and use the
+      // ring only for what did not fit (one io_uring operation and loop turn less per write).
       first = false;
       const ssize_t k = ::sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
       if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) co_return fail_errno(-errno);
@@ -82,18 +46,10 @@ task<result<void>> send_iov(int fd, std::span<iovec> iov) {
   co_return ok();
 }
 
-task<result<void>> recv_all(io::tcp_stream& s, std::span<std::byte> buf, bool try_now) {
-  std::size_t got = 0;
-  if (try_now && !buf.empty()) {
-    // The caller expects the bytes to be here already (a payload right behind its header): take
-    // them without a ring round trip; the ring waits only for what has not arrived.
-    const ssize_t k = ::recv(s.fd(), buf.data(), buf.size(), MSG_DONTWAIT);
-    if (k == 0) co_return fail(errc::closed);
-    if (k > 0) got = static_cast<std::size_t>(k);
-    else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) co_return fail_errno(-errno);
-  }
-  if (got == buf.size()) co_return ok();
-  co_return co_await recv_rest(s, buf, got);
+task<result<void>> send_frame(int fd, std::span<const std::byte> head, std::span<const std::byte> payload) {
+  iovec iov[2] = {{const_cast<std::byte*>(head.data()), head.size()},
+                  {const_cast<std::byte*>(payload.data()), payload.size()}};
+  co_return co_await send_iov(fd, std::span(iov, payload.empty() ? 1 : 2));
 }
 
 task<result<void>> recv_rest(io::tcp_stream& s, std::span<std::byte> buf, std::size_t got) {
@@ -456,35 +412,34 @@ task<void> client_conn::send_loop(std::shared_ptr<client_conn> self) {
   (void)self;
 }
 
-task<result<void>> client_conn::read_header(wire::header_bytes& hb) {
-  if (rend_ - rpos_ < hb.size()) {
-    std::memmove(rbuf_.data(), rbuf_.data() + rpos_, rend_ - rpos_);
-    rend_ -= rpos_;
-    rpos_ = 0;
-    while (rend_ < hb.size()) {
-      // Whatever has arrived, up to the buffer's size: a run of pipelined acks costs one receive.
-      auto r = co_await io::recv_op(s_.fd(), std::span(rbuf_).subspan(rend_)).with_stop_token(std::stop_token{});
+task<result<void>> frame_reader::read_header(wire::header_bytes& hb) {
+  if (!has_header()) {
+    std::memmove(buf_.data(), buf_.data() + pos_, end_ - pos_);
+    end_ -= pos_;
+    pos_ = 0;
+    while (end_ < hb.size()) {
+      // Whatever has arrived, up to the buffer's size.
+      auto r = co_await io::recv_op(s_->fd(), std::span(buf_).subspan(end_)).with_stop_token(std::stop_token{});
       if (!r) co_return fail(r.error());
       if (*r == 0) co_return fail(errc::closed);
-      rend_ += *r;
+      end_ += *r;
     }
   }
-  std::memcpy(hb.data(), rbuf_.data() + rpos_, hb.size());
-  rpos_ += hb.size();
+  std::memcpy(hb.data(), buf_.data() + pos_, hb.size());
+  pos_ += hb.size();
   co_return ok();
 }
 
-task<result<void>> client_conn::read_payload(std::byte* dest, std::uint64_t n) {
-  // The buffer may hold the payload's first bytes (read ahead with the header).
-  const std::size_t take = static_cast<std::size_t>(std::min<std::uint64_t>(n, rend_ - rpos_));
-  if (dest) std::memcpy(dest, rbuf_.data() + rpos_, take);
-  rpos_ += take;
+task<result<void>> frame_reader::read_payload(std::byte* dest, std::uint64_t n) {
+  const std::size_t take = static_cast<std::size_t>(std::min<std::uint64_t>(n, end_ - pos_));
+  if (dest && take > 0) std::memcpy(dest, buf_.data() + pos_, take);
+  pos_ += take;
   if (take == n) co_return ok();
-  rpos_ = rend_ = 0;  // all of it was taken
-  if (!dest) co_return co_await drain(s_, n - take);
-  auto r = co_await recv_with_next(s_, std::span(dest + take, n - take), std::span(rbuf_));
+  pos_ = end_ = 0;  // all of it was taken
+  if (!dest) co_return co_await drain(*s_, n - take);
+  auto r = co_await recv_with_next(*s_, std::span(dest + take, n - take), std::span(buf_));
   if (!r) co_return fail(r.error());
-  rend_ = *r;
+  end_ = *r;
   co_return ok();
 }
 
@@ -492,7 +447,7 @@ task<void> client_conn::receive_loop(std::shared_ptr<client_conn> self) {
   wire::header_bytes hb;
   std::error_code err;
   for (;;) {
-    auto r = co_await read_header(hb);
+    auto r = co_await in_.read_header(hb);
     if (!r) {
       err = make_error_code(te_errc::peer_unreachable);
       break;
@@ -518,12 +473,12 @@ task<void> client_conn::receive_loop(std::shared_ptr<client_conn> self) {
       }
       const bool deliver = s->dest && !s->done;
       s->receiving_payload = deliver;
-      auto rr = co_await read_payload(deliver ? s->dest : nullptr, h->length);
+      auto rr = co_await in_.read_payload(deliver ? s->dest : nullptr, h->length);
       s->receiving_payload = false;
       if (!rr) stream_ok = false;
     } else if (h->type == wire::frame_type::desc_resp && h->status == 0) {
       std::string body(h->length, '\0');
-      auto rr = co_await read_payload(reinterpret_cast<std::byte*>(body.data()), h->length);
+      auto rr = co_await in_.read_payload(reinterpret_cast<std::byte*>(body.data()), h->length);
       if (!rr)
         stream_ok = false;
       else if (s->payload_out && !s->done)

@@ -87,17 +87,35 @@ task<result<void>> send_iov(int fd, std::span<iovec> iov);
 // Sends head (one or more encoded headers) + payload completely (handles short writes).
 task<result<void>> send_frame(int fd, std::span<const std::byte> head, std::span<const std::byte> payload);
 
-// Receives exactly buf.size() bytes; premature EOF is errc::closed. With try_now, a non-blocking
-// recv(2) is tried first (for bytes that are most likely already queued).
-task<result<void>> recv_all(io::tcp_stream& s, std::span<std::byte> buf, bool try_now);
-inline task<result<void>> recv_all(io::tcp_stream& s, std::span<std::byte> buf) { return recv_all(s, buf, false); }
-// Receives the rest of buf, of which `got` bytes are already there, through the ring.
+// Receives the rest of buf, of which `got` bytes are already there, through the ring; premature
+// EOF is errc::closed.
 task<result<void>> recv_rest(io::tcp_stream& s, std::span<std::byte> buf, std::size_t got);
+inline task<result<void>> recv_all(io::tcp_stream& s, std::span<std::byte> buf) { return recv_rest(s, buf, 0); }
 // Receives buf completely; bytes already queued behind it land in `next` in the same call (their
 // count is the result; 0 when buf had to be waited for).
 task<result<std::size_t>> recv_with_next(io::tcp_stream& s, std::span<std::byte> buf, std::span<std::byte> next);
 // Reads and discards n bytes.
 task<result<void>> drain(io::tcp_stream& s, std::uint64_t n);
+
+// Reads frames from a stream through a small buffer: a run of pipelined headers (acks, READ
+// requests) costs one receive, and a payload is received straight into its destination, except the
+// first bytes that were read ahead with its header; the bytes that follow a payload (the next
+// header) come in the same call. Not cancellable by a caller's token: a half-read frame would
+// desynchronise the stream, so connections are ended by shutdown() instead.
+class frame_reader {
+ public:
+  explicit frame_reader(io::tcp_stream& s) noexcept : s_(&s) {}
+  // Whether a whole header is already buffered (reading it will not wait).
+  bool has_header() const noexcept { return end_ - pos_ >= wire::header_size; }
+  task<result<void>> read_header(wire::header_bytes& hb);
+  // n bytes into dest; dest nullptr: read and discard them.
+  task<result<void>> read_payload(std::byte* dest, std::uint64_t n);
+
+ private:
+  io::tcp_stream* s_;
+  std::array<std::byte, 4096> buf_;
+  std::size_t pos_ = 0, end_ = 0;
+};
 
 class client_conn : public std::enable_shared_from_this<client_conn> {
  public:
@@ -166,10 +184,6 @@ class client_conn : public std::enable_shared_from_this<client_conn> {
   // The sender: after its ring send returned, the frames in it may complete.
   void end_op(std::size_t nslots) noexcept;
   void advance(std::size_t sent) noexcept;
-  // The receiver reads through a small buffer, so that a run of acks costs one receive; a READ's
-  // payload is received straight into the caller's memory, except the first bytes read ahead.
-  task<result<void>> read_header(wire::header_bytes& hb);
-  task<result<void>> read_payload(std::byte* dest, std::uint64_t n);  // dest nullptr: discard
   struct slot_awaiter;
   struct idle_awaiter;
 
@@ -188,8 +202,7 @@ class client_conn : public std::enable_shared_from_this<client_conn> {
   coro::resume_item sender_wake_;
   iovec iov_[2 * max_frames_per_send];
   slot* op_slots_[max_frames_per_send];
-  std::array<std::byte, 4096> rbuf_;
-  std::size_t rpos_ = 0, rend_ = 0;
+  frame_reader in_{s_};  // the receiver's
   slot* free_ = nullptr;
   std::size_t slots_allocated_ = 0;
   bool broken_ = false;
