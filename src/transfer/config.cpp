@@ -3,6 +3,7 @@
 
 #include <charconv>
 #include <cstdlib>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -116,60 +117,52 @@ result<engine_config> engine_config::from_json(std::string_view text) {
   return c;
 }
 
+namespace {
+// Reads variable `name` into `out` when it is set. A value that is not a number in [lo, hi] is an
+// error naming the variable and its value (logged by bad()); `out` is then left as it was.
+template <class T>
+result<void> env_uint(const char* name, T& out, T lo, T hi) {
+  const char* v = std::getenv(name);
+  if (!v) return ok();
+  auto p = parse_uint<T>(v);
+  if (!p || *p < lo || *p > hi) return fail(bad(fmt::format("{}=\"{}\" is not valid", name, v)));
+  out = *p;
+  return ok();
+}
+}  // namespace
+
 result<void> engine_config::apply_env() {
   auto str = [](const char* name) -> const char* { return std::getenv(name); };
   if (auto v = str("YUTU_SEGMENT_NAME")) local_segment_name = v;
   if (auto v = str("YUTU_METADATA")) metadata = v;
   if (auto v = str("YUTU_LISTEN_HOST")) listen_host = v;
-  if (auto v = str("YUTU_LISTEN_PORT")) {
-    auto p = parse_uint<std::uint16_t>(v);
-    if (!p) return fail(bad(fmt::format("YUTU_LISTEN_PORT=\"{}\" is not valid", v)));
-    listen_port = *p;
-  }
-  if (auto v = str("YUTU_THREADS")) {
-    auto p = parse_uint<std::size_t>(v);
-    if (!p || *p == 0) return fail(bad(fmt::format("YUTU_THREADS=\"{}\" is not valid", v)));
-    threads = *p;
-  }
+  // The same bounds as the JSON keys of from_json.
+  std::uint64_t deadline_ms = static_cast<std::uint64_t>(batch_deadline.count());
+  std::uint64_t connect_ms = static_cast<std::uint64_t>(connect_timeout.count());
+  unsigned gid = rdma.gid_index < 0 ? 0u : static_cast<unsigned>(rdma.gid_index);
+  const bool gid_set = std::getenv("YUTU_RDMA_GID_INDEX") != nullptr;
+  constexpr auto u64_max = std::numeric_limits<std::uint64_t>::max();
+  for (auto r : {env_uint<std::uint16_t>("YUTU_LISTEN_PORT", listen_port, 0, 65535),
+                 env_uint<std::size_t>("YUTU_THREADS", threads, 1, 1024),
+                 env_uint<std::size_t>("YUTU_TCP_CONNECTIONS", tcp_connections_per_peer, 1, 256),
+                 env_uint<std::uint64_t>("YUTU_TCP_SLICE_SIZE", tcp_slice_size, 1, max_slice_size),
+                 env_uint<std::uint64_t>("YUTU_BATCH_DEADLINE_MS", deadline_ms, 0, u64_max / 1000),
+                 env_uint<std::uint64_t>("YUTU_CONNECT_TIMEOUT_MS", connect_ms, 0, u64_max / 1000),
+                 env_uint<std::uint64_t>("YUTU_RDMA_SLICE_SIZE", rdma.slice_size, 1, 1ull << 30),
+                 env_uint<unsigned>("YUTU_RDMA_GID_INDEX", gid, 0, 255)})
+    if (!r) return r;
+  batch_deadline = std::chrono::milliseconds(deadline_ms);
+  connect_timeout = std::chrono::milliseconds(connect_ms);
+  if (gid_set) rdma.gid_index = static_cast<int>(gid);
   if (auto v = str("YUTU_TRANSPORTS")) {
     auto list = split_list(v);
-    for (auto& t : list)
-      if (!known_transport(t)) return fail(bad(fmt::format("YUTU_TRANSPORTS=\"{}\" is not valid", v)));
-    if (list.empty()) return fail(bad(fmt::format("YUTU_TRANSPORTS=\"{}\" is not valid", v)));
+    bool valid = !list.empty();
+    for (auto& t : list) valid = valid && known_transport(t);
+    if (!valid) return fail(bad(fmt::format("YUTU_TRANSPORTS=\"{}\" is not valid", v)));
     transports = std::move(list);
   }
-  if (auto v = str("YUTU_TCP_CONNECTIONS")) {
-    auto p = parse_uint<std::size_t>(v);
-    if (!p || *p == 0) return fail(bad(fmt::format("YUTU_TCP_CONNECTIONS=\"{}\" is not valid", v)));
-    tcp_connections_per_peer = *p;
-  }
-  if (auto v = str("YUTU_TCP_SLICE_SIZE")) {
-    auto p = parse_uint<std::uint64_t>(v);
-    if (!p || *p == 0 || *p > max_slice_size) return fail(bad(fmt::format("YUTU_TCP_SLICE_SIZE=\"{}\" is not valid", v)));
-    tcp_slice_size = *p;
-  }
-  if (auto v = str("YUTU_BATCH_DEADLINE_MS")) {
-    auto p = parse_uint<std::uint64_t>(v);
-    if (!p) return fail(bad(fmt::format("YUTU_BATCH_DEADLINE_MS=\"{}\" is not valid", v)));
-    batch_deadline = std::chrono::milliseconds(*p);
-  }
-  if (auto v = str("YUTU_CONNECT_TIMEOUT_MS")) {
-    auto p = parse_uint<std::uint64_t>(v);
-    if (!p) return fail(bad(fmt::format("YUTU_CONNECT_TIMEOUT_MS=\"{}\" is not valid", v)));
-    connect_timeout = std::chrono::milliseconds(*p);
-  }
   if (auto v = str("YUTU_RDMA_DEVICES")) rdma.devices = split_list(v);
-  if (auto v = str("YUTU_RDMA_SLICE_SIZE")) {
-    auto p = parse_uint<std::uint64_t>(v);
-    if (!p || *p == 0 || *p > (1ull << 30)) return fail(bad(fmt::format("YUTU_RDMA_SLICE_SIZE=\"{}\" is not valid", v)));
-    rdma.slice_size = *p;
-  }
   if (auto v = str("YUTU_RDMA_PRIORITY_MATRIX")) rdma.priority_matrix = v;
-  if (auto v = str("YUTU_RDMA_GID_INDEX")) {
-    auto p = parse_uint<unsigned>(v);
-    if (!p || *p > 255) return fail(bad(fmt::format("YUTU_RDMA_GID_INDEX=\"{}\" is not valid", v)));
-    rdma.gid_index = static_cast<int>(*p);
-  }
   if (auto v = str("YUTU_RDMA_BUSY_POLL")) {
     std::string_view b = v;
     if (b != "0" && b != "1") return fail(bad(fmt::format("YUTU_RDMA_BUSY_POLL=\"{}\" is not valid", v)));

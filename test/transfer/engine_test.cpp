@@ -410,8 +410,26 @@ TEST_CASE("config from JSON and YUTU_* variables; bad values are errors") {
   CHECK(c->apply_env());
   CHECK(c->threads == 4);
   CHECK(c->transports == std::vector<std::string>{"tcp"});
-  ::setenv("YUTU_THREADS", "four", 1);
-  CHECK_FALSE(c->apply_env());
+  ::setenv("YUTU_BATCH_DEADLINE_MS", "1500", 1);
+  ::setenv("YUTU_RDMA_GID_INDEX", "3", 1);
+  CHECK(c->apply_env());
+  CHECK(c->batch_deadline == std::chrono::milliseconds(1500));
+  CHECK(c->rdma.gid_index == 3);
+  ::unsetenv("YUTU_BATCH_DEADLINE_MS");
+  ::unsetenv("YUTU_RDMA_GID_INDEX");
+  // The same bounds as the JSON keys; a bad value leaves the field as it was.
+  for (auto [var, value] : {std::pair{"YUTU_THREADS", "four"}, std::pair{"YUTU_THREADS", "2000"},
+                            std::pair{"YUTU_THREADS", "0"}, std::pair{"YUTU_TCP_CONNECTIONS", "0"},
+                            std::pair{"YUTU_TCP_CONNECTIONS", "257"}, std::pair{"YUTU_LISTEN_PORT", "70000"},
+                            std::pair{"YUTU_TCP_SLICE_SIZE", "0"}, std::pair{"YUTU_RDMA_GID_INDEX", "256"},
+                            std::pair{"YUTU_TRANSPORTS", "tcp,smoke-signals"}, std::pair{"YUTU_TRANSPORTS", ","}}) {
+    CAPTURE(var);
+    CAPTURE(value);
+    ::setenv(var, value, 1);
+    CHECK_FALSE(c->apply_env());
+    ::unsetenv(var);
+  }
+  CHECK(c->threads == 4);
   ::unsetenv("YUTU_THREADS");
   ::unsetenv("YUTU_TRANSPORTS");
 }
