@@ -109,6 +109,42 @@ task<result<void>> tcp_stream::send_all(std::span<const std::byte> buf) {
   co_return ok();
 }
 
+task<result<void>> send_all_iov(int fd, std::span<iovec> iov) {
+  iovec* v = iov.data();
+  std::size_t n = iov.size();
+  bool first = true;
+  while (n > 0) {
+    msghdr m{};
+    m.msg_iov = v;
+    m.msg_iovlen = n;
+    std::size_t sent = 0;
+    if (first) {
+      // As in send_all: into free socket-buffer space a send is a memcpy, so try it here,
+      // non-blocking, and use the ring only for what did not fit.
+      first = false;
+      const ssize_t k = ::sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) co_return fail_errno(-errno);
+      if (k > 0) sent = static_cast<std::size_t>(k);
+    }
+    if (sent == 0) {
+      auto r = co_await sendmsg_op(fd, &m);
+      if (!r) co_return fail(r.error());
+      if (*r == 0) co_return fail(errc::closed);
+      sent = *r;
+    }
+    while (n > 0 && sent >= v->iov_len) {
+      sent -= v->iov_len;
+      ++v;
+      --n;
+    }
+    if (n > 0) {
+      v->iov_base = static_cast<std::byte*>(v->iov_base) + sent;
+      v->iov_len -= sent;
+    }
+  }
+  co_return ok();
+}
+
 task<result<void>> tcp_stream::recv_exact(std::span<std::byte> buf) {
   while (!buf.empty()) {
     auto n = co_await recv(buf);

@@ -269,7 +269,7 @@ struct engine::impl final : transport_host {
       if (pending > 0 && !in.has_header()) {
         // About to wait for the client: what it waits for must be on its way first.
         pending = pending_bytes = 0;
-        if (!co_await detail::send_iov(s.fd(), std::span(iov.data(), std::exchange(niov, 0)))) break;
+        if (!co_await io::send_all_iov(s.fd(), std::span(iov.data(), std::exchange(niov, 0)))) break;
       }
       if (!co_await in.read_header(hb)) break;
       auto h = wire::decode(hb, cfg.max_slice_size);
@@ -381,7 +381,7 @@ struct engine::impl final : transport_host {
       const bool from_body = !payload.empty() && payload.data() == reinterpret_cast<const std::byte*>(body.data());
       if (pending < max_pending && pending_bytes < max_pending_bytes && !from_body) continue;
       pending = pending_bytes = 0;
-      if (!co_await detail::send_iov(s.fd(), std::span(iov.data(), std::exchange(niov, 0)))) break;
+      if (!co_await io::send_all_iov(s.fd(), std::span(iov.data(), std::exchange(niov, 0)))) break;
     }
     {
       std::lock_guard lk(server_mu);

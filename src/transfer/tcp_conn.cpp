@@ -10,46 +10,10 @@
 
 namespace yutu::transfer::detail {
 
-task<result<void>> send_iov(int fd, std::span<iovec> iov) {
-  iovec* v = iov.data();
-  std::size_t n = iov.size();
-  bool first = true;
-  while (n > 0) {
-    msghdr m{};
-    m.msg_iov = v;
-    m.msg_iovlen = n;
-    std::size_t sent = 0;
-    if (first) {
-      // While the socket buffer has room a send is a memcpy: do it here, non-blocking, and use the
-      // ring only for what did not fit (one io_uring operation and loop turn less per write).
-      first = false;
-      const ssize_t k = ::sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
-      if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) co_return fail_errno(-errno);
-      if (k > 0) sent = static_cast<std::size_t>(k);
-    }
-    if (sent == 0) {
-      auto r = co_await sendmsg_op(fd, &m);
-      if (!r) co_return fail(r.error());
-      if (*r == 0) co_return fail(errc::closed);
-      sent = *r;
-    }
-    while (n > 0 && sent >= v->iov_len) {
-      sent -= v->iov_len;
-      ++v;
-      --n;
-    }
-    if (n > 0) {
-      v->iov_base = static_cast<std::byte*>(v->iov_base) + sent;
-      v->iov_len -= sent;
-    }
-  }
-  co_return ok();
-}
-
 task<result<void>> send_frame(int fd, std::span<const std::byte> head, std::span<const std::byte> payload) {
   iovec iov[2] = {{const_cast<std::byte*>(head.data()), head.size()},
                   {const_cast<std::byte*>(payload.data()), payload.size()}};
-  co_return co_await send_iov(fd, std::span(iov, payload.empty() ? 1 : 2));
+  co_return co_await io::send_all_iov(fd, std::span(iov, payload.empty() ? 1 : 2));
 }
 
 task<result<void>> recv_rest(io::tcp_stream& s, std::span<std::byte> buf, std::size_t got) {
@@ -376,11 +340,11 @@ task<void> client_conn::send_loop(std::shared_ptr<client_conn> self) {
       // A connection is ended by shutdown() instead, which fails this at once.
       result<std::size_t> r;
       if (zc) {
-        auto op = sendmsg_zc_op(s_.fd(), &m).with_stop_token(std::stop_token{});
+        auto op = io::sendmsg_zc_op(s_.fd(), &m).with_stop_token(std::stop_token{});
         r = co_await op;
-        if (r && op.notified() && zc_bytes_) zc_bytes_->fetch_add(*r, std::memory_order_relaxed);
+        if (r && op.used_zero_copy() && zc_bytes_) zc_bytes_->fetch_add(*r, std::memory_order_relaxed);
       } else {
-        r = co_await sendmsg_op(s_.fd(), &m).with_stop_token(std::stop_token{});
+        r = co_await io::sendmsg_op(s_.fd(), &m).with_stop_token(std::stop_token{});
       }
       end_op(nslots);
       if (!r && zc && r.error() == std::errc::operation_not_supported) {

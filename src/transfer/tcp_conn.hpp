@@ -30,60 +30,12 @@
 
 namespace yutu::transfer::detail {
 
-// sendmsg through the ring: frame headers and their payloads leave in one call.
-class sendmsg_op : public io::uring_op<sendmsg_op> {
- public:
-  sendmsg_op(int fd, const msghdr* m) noexcept : fd_(fd), msg_(m) {}
-  sendmsg_op(sendmsg_op&& o) noexcept : io::uring_op<sendmsg_op>(std::move(o)), fd_(o.fd_), msg_(o.msg_) {}
-  // MSG_WAITALL: io_uring retries short sends itself, one completion per frame.
-  void prepare(io_uring_sqe* sqe) noexcept { io_uring_prep_sendmsg(sqe, fd_, msg_, MSG_NOSIGNAL | MSG_WAITALL); }
-  result<std::size_t> await_resume() const noexcept {
-    if (auto ec = error()) return fail(ec);
-    return static_cast<std::size_t>(res_);
-  }
-
- private:
-  int fd_;
-  const msghdr* msg_;
-};
-
-// SENDMSG_ZC through the ring: the kernel sends the pages in place and owes a notification when it
-// released them; the operation completes only after that (uring_op counts both completions), so the
-// payload is the caller's again when the await returns.
-class sendmsg_zc_op : public io::uring_op<sendmsg_zc_op> {
- public:
-  sendmsg_zc_op(int fd, const msghdr* m) noexcept : fd_(fd), msg_(m) {}
-  sendmsg_zc_op(sendmsg_zc_op&& o) noexcept : io::uring_op<sendmsg_zc_op>(std::move(o)), fd_(o.fd_), msg_(o.msg_) {}
-  void prepare(io_uring_sqe* sqe) noexcept {
-    io_uring_prep_sendmsg_zc(sqe, fd_, msg_, MSG_NOSIGNAL | MSG_WAITALL);
-  }
-  bool on_result(int, std::uint32_t flags) noexcept {
-    if (flags & IORING_CQE_F_NOTIF) {
-      notified_ = true;
-      return false;
-    }
-    return (flags & IORING_CQE_F_MORE) != 0;
-  }
-  result<std::size_t> await_resume() const noexcept {
-    if (auto ec = error()) return fail(ec);
-    return static_cast<std::size_t>(res_);
-  }
-  bool notified() const noexcept { return notified_; }
-
- private:
-  int fd_;
-  const msghdr* msg_;
-  bool notified_ = false;
-};
-
 // TCP keepalive on the engine's connections, both sides: a peer whose host vanished (no FIN, no
 // RST) is detected after about idle + interval * count = 16 s of silence.
 inline constexpr int keepalive_idle_s = 10;
 inline constexpr int keepalive_interval_s = 2;
 inline constexpr int keepalive_count = 3;
 
-// Sends the iovecs' bytes completely (handles short writes; advances the iovecs as it goes).
-task<result<void>> send_iov(int fd, std::span<iovec> iov);
 // Sends head (one or more encoded headers) + payload completely (handles short writes).
 task<result<void>> send_frame(int fd, std::span<const std::byte> head, std::span<const std::byte> payload);
 

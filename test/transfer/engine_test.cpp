@@ -265,66 +265,70 @@ TEST_CASE("submit, poll and free a batch from a plain thread") {
   CHECK(std::memcmp(tb.p, src.p, 1 << 20) == 0);
 }
 
-TEST_CASE("a batch past its deadline fails with timed_out, promptly") {
-  auto target = make_engine({"tcp"}, "target-g");
-  auto init = make_engine({"tcp"}, "init-g");
-  const std::size_t n = 256 << 20;
-  aligned_buf tb(n), src(n);
-  REQUIRE(target->register_memory(tb.p, tb.n));
-  auto seg = yutu::sync_wait(init->open_segment("target-g"));
-  REQUIRE(seg);
-  std::memset(src.p, 0xAA, n);
-  std::memset(tb.p, 0, n);
+namespace {
+// Two engines and 2 GiB of writes (8 x 256 MiB of 0xAA into a zeroed target): far more than can
+// finish before a short deadline or an early stop, so when the batch ends some frames are acked,
+// some are in the send in flight, and most are still queued behind it.
+struct interrupted_batch {
+  static constexpr std::size_t n = 256 << 20;
+  std::unique_ptr<engine> target, init;
+  aligned_buf tb{n}, src{n};
+  segment_id seg = 0;
   std::vector<transfer_request> batch;
-  for (int i = 0; i < 8; ++i) batch.push_back({opcode::write, src.p, *seg, tb.addr(), n});
+
+  explicit interrupted_batch(const std::string& name) {
+    target = make_engine({"tcp"}, "target-" + name);
+    init = make_engine({"tcp"}, "init-" + name);
+    REQUIRE(target->register_memory(tb.p, tb.n));
+    auto s = yutu::sync_wait(init->open_segment("target-" + name));
+    REQUIRE(s);
+    seg = *s;
+    std::memset(src.p, 0xAA, n);
+    std::memset(tb.p, 0, n);
+    for (int i = 0; i < 8; ++i) batch.push_back({opcode::write, src.p, seg, tb.addr(), n});
+  }
+  // Once the batch returned, its source memory is the caller's again: nothing queued or half sent
+  // may still be read from it and reach the target.
+  void check_source_untouched_afterwards() {
+    std::memset(src.p, 0x55, n);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    CHECK(std::memchr(tb.p, 0x55, n) == nullptr);
+  }
+};
+}  // namespace
+
+TEST_CASE("a batch past its deadline fails with timed_out, promptly") {
+  interrupted_batch b("g");
   auto t0 = std::chrono::steady_clock::now();
-  auto res = yutu::sync_wait(init->transfer(batch, batch_options{.deadline = std::chrono::milliseconds(20), .notify = {}}));
+  auto res = yutu::sync_wait(b.init->transfer(b.batch, batch_options{.deadline = std::chrono::milliseconds(20), .notify = {}}));
   auto took = std::chrono::steady_clock::now() - t0;
   CHECK(took < std::chrono::seconds(3));
   bool any_timeout = false;
   for (auto& e : res.errors) any_timeout |= yutu::is_timeout(e);
   CHECK(any_timeout);
-  // Once the batch returned, its source memory is the caller's again: nothing queued or half sent may
-  // still be read from it and reach the target.
-  std::memset(src.p, 0x55, n);
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  CHECK(std::memchr(tb.p, 0x55, n) == nullptr);
+  b.check_source_untouched_afterwards();
   // The engine is still usable afterwards.
-  CHECK(yutu::sync_wait(init->write(*seg, src.p, tb.addr(), 4096)));
+  CHECK(yutu::sync_wait(b.init->write(b.seg, b.src.p, b.tb.addr(), 4096)));
 }
 
 TEST_CASE("a cancelled batch returns promptly and never reads its source memory afterwards") {
-  auto target = make_engine({"tcp"}, "target-c");
-  auto init = make_engine({"tcp"}, "init-c");
-  const std::size_t n = 256 << 20;
-  aligned_buf tb(n), src(n);
-  REQUIRE(target->register_memory(tb.p, tb.n));
-  auto seg = yutu::sync_wait(init->open_segment("target-c"));
-  REQUIRE(seg);
-  std::memset(src.p, 0xAA, n);
-  std::memset(tb.p, 0, n);
-  // 2 GiB of writes: when the stop comes, some frames are acked, some are in the send in flight, and
-  // most are still queued behind it.
-  std::vector<transfer_request> batch;
-  for (int i = 0; i < 8; ++i) batch.push_back({opcode::write, src.p, *seg, tb.addr(), n});
+  interrupted_batch b("c");
   std::stop_source stop;
   std::thread canceller([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(30));
     stop.request_stop();
   });
   auto t0 = std::chrono::steady_clock::now();
-  auto res = yutu::sync_wait(init->transfer(batch), stop.get_token());
+  auto res = yutu::sync_wait(b.init->transfer(b.batch), stop.get_token());
   auto took = std::chrono::steady_clock::now() - t0;
   canceller.join();
   CHECK(took < std::chrono::seconds(3));
   bool any_canceled = false;
   for (auto& e : res.errors) any_canceled |= yutu::is_canceled(e);
   CHECK(any_canceled);
-  std::memset(src.p, 0x55, n);
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  CHECK(std::memchr(tb.p, 0x55, n) == nullptr);
-  CHECK(yutu::sync_wait(init->write(*seg, src.p, tb.addr(), 4096)));
-  CHECK(tb.p[4095] == std::byte{0x55});
+  b.check_source_untouched_afterwards();
+  CHECK(yutu::sync_wait(b.init->write(b.seg, b.src.p, b.tb.addr(), 4096)));
+  CHECK(b.tb.p[4095] == std::byte{0x55});
 }
 
 TEST_CASE("hostile frames close only their own connection") {

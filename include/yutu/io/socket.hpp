@@ -12,6 +12,7 @@
 
 #include <liburing.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cstddef>
@@ -77,6 +78,21 @@ class send_op : public uring_op<send_op> {
   int flags_;
 };
 
+namespace detail {
+// The CQE bookkeeping of a zero-copy send: the result CQE says (IORING_CQE_F_MORE) whether a
+// notification (IORING_CQE_F_NOTIF) follows; on_cqe is true while one is owed.
+struct zc_notice {
+  bool notified = false;
+  bool on_cqe(std::uint32_t flags) noexcept {
+    if (flags & IORING_CQE_F_NOTIF) {
+      notified = true;
+      return false;
+    }
+    return (flags & IORING_CQE_F_MORE) != 0;
+  }
+};
+}  // namespace detail
+
 // IORING_OP_SEND_ZC: the kernel sends from the caller's pages. Two CQEs: the result (flagged
 // IORING_CQE_F_MORE when a notification follows, also on error) and the notification
 // (IORING_CQE_F_NOTIF) once the kernel released the pages. uring_op resumes only after both, so the
@@ -95,27 +111,76 @@ class send_zc_op : public uring_op<send_zc_op> {
       io_uring_prep_send(sqe, fd_, buf_.data(), detail::clamp_len(buf_.size()), flags_);
   }
   // Called for each CQE of the SQE; true while another one is owed.
-  bool on_result(int, std::uint32_t flags) noexcept {
-    if (flags & IORING_CQE_F_NOTIF) {
-      notified_ = true;
-      return false;
-    }
-    return (flags & IORING_CQE_F_MORE) != 0;
-  }
+  bool on_result(int, std::uint32_t flags) noexcept { return notice_.on_cqe(flags); }
   result<std::size_t> await_resume() const noexcept {
     if (auto ec = error()) return fail(ec);
     return static_cast<std::size_t>(res_);
   }
   // Whether the kernel took the zero-copy path and sent its notification (false after a fallback).
-  bool used_zero_copy() const noexcept { return zc_ && notified_; }
+  bool used_zero_copy() const noexcept { return zc_ && notice_.notified; }
 
  private:
   int fd_;
   std::span<const std::byte> buf_;
   int flags_;
   bool zc_ = false;
-  bool notified_ = false;
+  detail::zc_notice notice_;
 };
+
+// sendmsg(2) through the ring: several buffers (iovecs) in one call. The msghdr and its iovecs must
+// outlive the await. With MSG_WAITALL (the default flags) io_uring retries short sends itself.
+class sendmsg_op : public uring_op<sendmsg_op> {
+ public:
+  sendmsg_op(int fd, const msghdr* m, int flags = MSG_NOSIGNAL | MSG_WAITALL) noexcept
+      : fd_(fd), msg_(m), flags_(flags) {}
+  sendmsg_op(sendmsg_op&& o) noexcept : uring_op<sendmsg_op>(std::move(o)), fd_(o.fd_), msg_(o.msg_), flags_(o.flags_) {}
+  void prepare(io_uring_sqe* sqe) noexcept { io_uring_prep_sendmsg(sqe, fd_, msg_, static_cast<unsigned>(flags_)); }
+  result<std::size_t> await_resume() const noexcept {
+    if (auto ec = error()) return fail(ec);
+    return static_cast<std::size_t>(res_);
+  }
+
+ private:
+  int fd_;
+  const msghdr* msg_;
+  int flags_;
+};
+
+// IORING_OP_SENDMSG_ZC: sendmsg_op from the caller's pages, with send_zc_op's two completions (the
+// await returns after the notification, so the buffers are the caller's again). Where the ring lacks
+// SEND_ZC this is a plain sendmsg.
+class sendmsg_zc_op : public uring_op<sendmsg_zc_op> {
+ public:
+  sendmsg_zc_op(int fd, const msghdr* m, int flags = MSG_NOSIGNAL | MSG_WAITALL) noexcept
+      : fd_(fd), msg_(m), flags_(flags) {}
+  sendmsg_zc_op(sendmsg_zc_op&& o) noexcept
+      : uring_op<sendmsg_zc_op>(std::move(o)), fd_(o.fd_), msg_(o.msg_), flags_(o.flags_) {}
+  void prepare(io_uring_sqe* sqe) noexcept {
+    zc_ = reactor::current()->features().send_zc;
+    if (zc_)
+      io_uring_prep_sendmsg_zc(sqe, fd_, msg_, static_cast<unsigned>(flags_));
+    else
+      io_uring_prep_sendmsg(sqe, fd_, msg_, static_cast<unsigned>(flags_));
+  }
+  bool on_result(int, std::uint32_t flags) noexcept { return notice_.on_cqe(flags); }
+  result<std::size_t> await_resume() const noexcept {
+    if (auto ec = error()) return fail(ec);
+    return static_cast<std::size_t>(res_);
+  }
+  bool used_zero_copy() const noexcept { return zc_ && notice_.notified; }
+
+ private:
+  int fd_;
+  const msghdr* msg_;
+  int flags_;
+  bool zc_ = false;
+  detail::zc_notice notice_;
+};
+
+// Sends every byte of the iovecs (advancing them as it goes): a non-blocking sendmsg(2) first, the
+// ring only for what did not fit, as tcp_stream::send_all does for one buffer. Fails like send_all:
+// a prefix may have been sent.
+task<result<void>> send_all_iov(int fd, std::span<iovec> iov);
 
 // connect(2) through the ring; owns the new socket until it is handed to the resulting tcp_stream.
 class connect_op : public uring_op<connect_op> {
