@@ -103,7 +103,8 @@ struct client::impl {
   client_config cfg;
   client_id id;
   std::string host;  // the placement host named in our segments
-  // Declared first, destroyed last: the RPC client's connections and the heartbeat live on it.
+  // Declared first, destroyed last: the heartbeat lives on it. The RPC client's connections live
+  // on the engine's reactors, so the RPC client goes before the engine.
   std::unique_ptr<io::reactor_pool> pool;
   std::unique_ptr<master_service> owned_master;
   master_service* master = nullptr;
@@ -518,21 +519,6 @@ result<std::unique_ptr<client::impl>> build(client_config cfg, master_service* e
   p->host = host;
 
   p->pool = std::make_unique<io::reactor_pool>(1);
-  if (external) {
-    p->master = external;
-  } else {
-    rpc_client_options ro;
-    ro.call_timeout = c.rpc_timeout;
-    ro.connect_timeout = c.rpc_timeout;
-    ro.connections = c.rpc_connections;
-    auto m = rpc_master_client::create(c.master, ro, p->pool.get());
-    if (!m) {
-      log::error("store client: bad master address '{}': {}", c.master, m.error().message());
-      return fail(m.error());
-    }
-    p->owned_master = std::move(*m);
-    p->master = p->owned_master.get();
-  }
 
   transfer::engine_config ec;
   ec.metadata = c.metadata;
@@ -544,6 +530,26 @@ result<std::unique_ptr<client::impl>> build(client_config cfg, master_service* e
   auto e = transfer::engine::create(ec);
   if (!e) return fail(e.error());
   p->eng = std::move(*e);
+
+  if (external) {
+    p->master = external;
+  } else {
+    rpc_client_options ro;
+    ro.call_timeout = c.rpc_timeout;
+    ro.connect_timeout = c.rpc_timeout;
+    // Homed on the engine's reactors, at least one per thread: a caller on an engine thread
+    // (co_await engine().schedule()) then reaches the master and the replicas without a thread hop.
+    // On a pool of the client's own, every master call crossed threads twice (there and back),
+    // which measured as much as the round trip itself for a small put.
+    ro.connections = std::max(c.rpc_connections, p->eng->reactors().size());
+    auto m = rpc_master_client::create(c.master, ro, &p->eng->reactors());
+    if (!m) {
+      log::error("store client: bad master address '{}': {}", c.master, m.error().message());
+      return fail(m.error());
+    }
+    p->owned_master = std::move(*m);
+    p->master = p->owned_master.get();
+  }
 
   if (c.local_buffer_size) {
     std::size_t len = (c.local_buffer_size + 4095) / 4096 * 4096;

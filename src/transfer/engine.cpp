@@ -794,6 +794,7 @@ result<segment_desc> engine::segment_descriptor(segment_id id) const {
 }
 
 io::reactor& engine::next_reactor() noexcept { return p_->pool_->at(p_->pick_reactor()); }
+io::reactor_pool& engine::reactors() noexcept { return *p_->pool_; }
 
 task<batch_result> engine::transfer(std::span<const transfer_request> batch, batch_options opts) {
   auto& p = *p_;

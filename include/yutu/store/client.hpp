@@ -19,8 +19,11 @@
 //  - match_prefix / load_prefix: the leading keys present, leases held, in one master round trip.
 //
 // Threads: awaitable from any reactor or, through sync_wait, from a plain thread. Spans passed to a
-// call must stay valid until its task completes (co_await it in the same expression). The client
-// runs one reactor thread of its own for heartbeats (and for the RPC connections to a remote master).
+// call must stay valid until its task completes (co_await it in the same expression). The RPC
+// connections to a remote master live on the engine's reactors, one or more per thread, beside the
+// engine's own connections: a coroutine that first does `co_await c.engine().schedule()` makes its
+// master calls and its transfers without crossing threads; from anywhere else each master call and
+// each transfer batch hops there and back. The client runs one reactor thread of its own for heartbeats.
 #pragma once
 
 #include <atomic>

@@ -25,6 +25,7 @@
 #include "yutu/coro/task.hpp"
 #include "yutu/error.hpp"
 #include "yutu/io/reactor.hpp"
+#include "yutu/io/reactor_pool.hpp"
 #include "yutu/transfer/config.hpp"
 #include "yutu/transfer/types.hpp"
 
@@ -103,6 +104,10 @@ class engine {
   // price of a hop to the connection's thread and one back per batch.
   io::reactor& next_reactor() noexcept;
   auto schedule() noexcept { return next_reactor().schedule(); }
+  // The engine's reactor threads, for services that want their connections homed beside the
+  // engine's (the store client's RPC connections to its master): a coroutine on an engine thread
+  // then reaches both without a hop. Spawned tasks must end before the engine is destroyed.
+  io::reactor_pool& reactors() noexcept;
 
   // --- transfers ---
   task<batch_result> transfer(std::span<const transfer_request> batch, batch_options opts);
