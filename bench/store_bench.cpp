@@ -47,6 +47,7 @@ struct options {
   std::vector<std::string> transports{"tcp", "shm"};
   bool in_process_master = false;
   bool own_reactor = false;
+  std::chrono::milliseconds replica_cache{0};
 };
 
 struct sample {
@@ -244,9 +245,11 @@ int main(int argc, char** argv) {
       std::printf(
           "usage: store_bench [--duration S] [--inflight N] [--node-memory SIZE] [--sizes 64KiB,1MiB,16MiB]\n"
           "                   [--batches 1,32] [--transports tcp,shm] [--in-process-master] [--own-reactor]\n"
-          "                   [--quick]\n"
+          "                   [--replica-cache MS] [--quick]\n"
           "  --own-reactor: callers run on a reactor of the bench's own, not on the engine's threads\n"
-          "                 (every master call and transfer then crosses threads twice)\n");
+          "                 (every master call and transfer then crosses threads twice)\n"
+          "  --replica-cache MS: the client reuses replica lists for up to MS ms (client_config::\n"
+          "                 replica_cache_max_age): repeated gets of a key skip the master\n");
       return 0;
     } else if (a == "--duration") {
       o.duration = std::atof(next().c_str());
@@ -270,6 +273,8 @@ int main(int argc, char** argv) {
       o.in_process_master = true;
     } else if (a == "--own-reactor") {
       o.own_reactor = true;
+    } else if (a == "--replica-cache") {
+      o.replica_cache = std::chrono::milliseconds(std::atoi(next().c_str()));
     } else if (a == "--quick") {
       o.duration = 0.3;
     } else {
@@ -306,9 +311,10 @@ int main(int argc, char** argv) {
   for (std::uint64_t i = 0; i < buf_bytes; i += 4096) buf[i] = static_cast<std::byte>(i >> 12);
 
   nlohmann::json results = nlohmann::json::array();
-  std::printf("store_bench: %g s per figure, master over %s, callers on %s, node memory %.1f GiB\n", o.duration,
-              o.in_process_master ? "in-process calls" : "RPC on loopback",
+  std::printf("store_bench: %g s per figure, master over %s, callers on %s, replica cache %lld ms, node memory %.1f GiB\n",
+              o.duration, o.in_process_master ? "in-process calls" : "RPC on loopback",
               o.own_reactor ? "a reactor of their own" : "the engine's threads",
+              static_cast<long long>(o.replica_cache.count()),
               static_cast<double>(o.node_memory) / (1ull << 30));
   std::printf("| %-9s | %-4s | %-7s | %-5s | %-11s | %-11s | %-6s | %-11s | %-6s | %-19s | %-19s |\n", "transport",
               "op", "size", "batch", "store GiB/s", "raw GiB/s", "ratio", "fresh GiB/s", "ratio", "store p50/p99 us",
@@ -325,6 +331,7 @@ int main(int argc, char** argv) {
                                        : std::vector<std::string>{"local", "shm", "tcp"};
     cc.transfer_deadline = std::chrono::milliseconds(60'000);
     cc.rpc_timeout = std::chrono::milliseconds(10'000);
+    cc.replica_cache_max_age = o.replica_cache;
     auto c = o.in_process_master ? (*store)->connect(cc) : [&] {
       cc.master = (*store)->master_address();
       cc.metadata = (*store)->metadata();
@@ -431,6 +438,7 @@ int main(int argc, char** argv) {
   j["bench"] = "store";
   j["master"] = o.in_process_master ? "in-process" : "rpc";
   j["callers"] = o.own_reactor ? "own-reactor" : "engine-threads";
+  j["replica_cache_ms"] = o.replica_cache.count();
   j["duration_s"] = o.duration;
   j["results"] = results;
   j["min_ratio"] = min_ratio;

@@ -133,8 +133,40 @@ struct client::impl {
 
   struct counters {
     std::atomic<std::uint64_t> puts{0}, put_failures{0}, put_bytes{0}, gets{0}, get_failures{0}, get_bytes{0},
-        failovers{0}, revokes{0}, remounts{0}, heartbeat_failures{0};
+        failovers{0}, revokes{0}, remounts{0}, heartbeat_failures{0}, cache_hits{0};
   } c;
+
+  // The replica cache (client_config::replica_cache_max_age): one map per engine thread, touched only
+  // by that thread, so a hit takes no lock. An entry is good while it is younger than its `until`
+  // and nothing that may have made it wrong happened since it was taken: cache_epoch moves on this
+  // client's own remove / upsert / remove_all and on a re-mount, the master's link_epoch when a
+  // connection to it broke.
+  struct cached_list {
+    replica_list list;
+    std::chrono::steady_clock::time_point t0;     // when the lookup that took the lease was sent
+    std::chrono::steady_clock::time_point until;  // usable before this
+    std::uint64_t epoch = 0;
+    std::uint64_t link = 0;
+  };
+  struct replica_cache {
+    std::unordered_map<std::string, cached_list> map;
+  };
+  std::vector<std::unique_ptr<replica_cache>> caches;  // by engine reactor index
+  std::atomic<std::uint64_t> cache_epoch{0};
+
+  // This thread's cache, or none (off, or not on an engine thread).
+  replica_cache* local_cache() noexcept {
+    if (caches.empty()) return nullptr;
+    io::reactor* here = io::reactor::current();
+    if (!here) return nullptr;
+    auto& pool = eng->reactors();
+    for (std::size_t i = 0; i < pool.size(); ++i)
+      if (&pool.at(i) == here) return caches[i].get();
+    return nullptr;
+  }
+  void drop_cached() noexcept {
+    if (!caches.empty()) cache_epoch.fetch_add(1, std::memory_order_acq_rel);
+  }
 
   ~impl() {
     // The heartbeat may still be inside a call to the master: let it end before the master goes.
@@ -308,9 +340,11 @@ struct client::impl {
   }
 
   // Reads object i of `lists` into objs(i), trying replicas best first; out[i] = its size. Entries
-  // of `out` already failed are skipped. t0: when the lookup that granted the leases was sent.
+  // of `out` already failed are skipped. t0: when the lookup that granted the leases was sent
+  // (per key in `t0s` when given: cached lists carry their own).
   task<void> read_objects(std::vector<result<replica_list>>& lists, const object_set& objs,
-                          std::vector<result<std::uint64_t>>& out, std::chrono::steady_clock::time_point t0) {
+                          std::vector<result<std::uint64_t>>& out, std::chrono::steady_clock::time_point t0,
+                          const std::vector<std::chrono::steady_clock::time_point>* t0s = nullptr) {
     const std::size_t n = lists.size();
     struct cand {
       transfer::segment_id seg;
@@ -383,7 +417,7 @@ struct client::impl {
         std::error_code ec = first_error(res, rbegin[k], rbegin[k + 1]);
         if (!ec) {
           auto ttl = lists[i]->lease_ttl;
-          if (ttl.count() > 0 && now - t0 > ttl) {
+          if (ttl.count() > 0 && now - (t0s ? (*t0s)[i] : t0) > ttl) {
             out[i] = fail(errc::lease_expired);
           } else {
             out[i] = lists[i]->size;
@@ -413,8 +447,76 @@ struct client::impl {
   task<void> get_objects(std::span<const std::string> keys, const object_set& objs,
                          std::vector<result<std::uint64_t>>& out) {
     const auto t0 = std::chrono::steady_clock::now();
-    auto lists = co_await lookup(keys);
-    co_await read_objects(lists, objs, out, t0);
+    replica_cache* rc = local_cache();
+    if (!rc) {
+      auto lists = co_await lookup(keys);
+      co_await read_objects(lists, objs, out, t0);
+      co_return;
+    }
+    const std::size_t n = keys.size();
+    const std::uint64_t epoch = cache_epoch.load(std::memory_order_acquire);
+    const std::uint64_t link = master->link_epoch();
+    std::vector<result<replica_list>> lists(n, result<replica_list>(fail(errc::internal_error)));
+    std::vector<std::chrono::steady_clock::time_point> t0s(n, t0);
+    std::vector<char> hit(n, 0);
+    std::vector<std::string> miss_keys;
+    std::vector<std::size_t> miss_idx;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (!out[i]) continue;
+      auto it = rc->map.find(keys[i]);
+      if (it != rc->map.end() && it->second.epoch == epoch && it->second.link == link && t0 < it->second.until) {
+        lists[i] = it->second.list;
+        t0s[i] = it->second.t0;
+        hit[i] = 1;
+      } else {
+        miss_keys.push_back(keys[i]);
+        miss_idx.push_back(i);
+      }
+    }
+    if (!miss_keys.empty()) {
+      auto got = co_await lookup(miss_keys);
+      for (std::size_t k = 0; k < miss_idx.size(); ++k) lists[miss_idx[k]] = std::move(got[k]);
+      // Entries are taken with the epochs read before the lookup: a remove that overlapped it left
+      // the epoch newer, so what it returned is never used from the cache.
+      if (local_cache() == rc) {
+        for (std::size_t i : miss_idx) {
+          if (!lists[i] || lists[i]->lease_ttl.count() <= 0) continue;
+          auto age = std::min<std::chrono::steady_clock::duration>(cfg.replica_cache_max_age, lists[i]->lease_ttl / 2);
+          if (rc->map.size() >= cfg.replica_cache_entries) rc->map.clear();
+          rc->map.insert_or_assign(keys[i], cached_list{*lists[i], t0, t0 + age, epoch, link});
+        }
+      }
+    }
+    co_await read_objects(lists, objs, out, t0, &t0s);
+
+    // A cached list that failed (a node gone, a lease run out, an object replaced by another client)
+    // is dropped, and the key looked up and read again, once.
+    std::vector<std::size_t> again;
+    std::size_t served = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (!hit[i]) continue;
+      if (out[i])
+        ++served;
+      else
+        again.push_back(i);
+    }
+    if (served) c.cache_hits.fetch_add(served, std::memory_order_relaxed);
+    if (again.empty()) co_return;
+    if (replica_cache* here = local_cache())
+      for (std::size_t i : again) here->map.erase(keys[i]);
+    c.get_failures.fetch_sub(again.size(), std::memory_order_relaxed);  // counted again below
+    std::vector<std::string> rkeys;
+    object_set robjs;
+    std::vector<result<std::uint64_t>> rout(again.size(), std::uint64_t{0});
+    for (std::size_t i : again) {
+      rkeys.push_back(keys[i]);
+      for (auto& p : objs.of(i)) robjs.add(p.p, p.n);
+      robjs.next();
+    }
+    const auto t1 = std::chrono::steady_clock::now();
+    auto rlists = co_await lookup(rkeys);
+    co_await read_objects(rlists, robjs, rout, t1);
+    for (std::size_t k = 0; k < again.size(); ++k) out[again[k]] = std::move(rout[k]);
   }
 
   // --- segments and heartbeat ---
@@ -456,7 +558,10 @@ struct client::impl {
         log::info("store client {}: heartbeat failed: {}", id, p.error().message());
         continue;
       }
-      if (p->need_remount) co_await remount();
+      if (p->need_remount) {
+        drop_cached();  // the master lost its state: the leases behind cached lists went with it
+        co_await remount();
+      }
     }
     hb_done.set();
     hb_exited.store(true, std::memory_order_release);
@@ -530,6 +635,11 @@ result<std::unique_ptr<client::impl>> build(client_config cfg, master_service* e
   auto e = transfer::engine::create(ec);
   if (!e) return fail(e.error());
   p->eng = std::move(*e);
+  if (c.replica_cache_max_age.count() > 0) {
+    if (c.replica_cache_entries == 0) return fail(errc::invalid_params);
+    for (std::size_t i = 0; i < p->eng->reactors().size(); ++i)
+      p->caches.push_back(std::make_unique<client::impl::replica_cache>());
+  }
 
   if (external) {
     p->master = external;
@@ -643,6 +753,7 @@ client_stats client::stats() const noexcept {
   s.revokes = c.revokes.load();
   s.remounts = c.remounts.load();
   s.heartbeat_failures = c.heartbeat_failures.load();
+  s.replica_cache_hits = c.cache_hits.load();
   return s;
 }
 
@@ -680,6 +791,7 @@ task<result<void>> client::upsert(std::string key, std::span<const std::byte> va
   std::vector<result<void>> out(1, ok());
   if (p_->closed.load()) co_return fail(errc::closed);
   co_await p_->put_objects(std::span(&key, 1), objs, std::move(cfg), true, out);
+  p_->drop_cached();
   co_return out[0];
 }
 
@@ -916,18 +1028,24 @@ task<result<std::uint64_t>> client::get_size(std::string key) {
 
 task<result<void>> client::remove(std::string key, bool force) {
   if (p_->closed.load()) co_return fail(errc::closed);
-  co_return co_await p_->master->remove(std::move(key), force);
+  auto r = co_await p_->master->remove(std::move(key), force);
+  p_->drop_cached();
+  co_return r;
 }
 
 task<std::vector<result<void>>> client::batch_remove(std::span<const std::string> keys, bool force) {
   if (p_->closed.load()) co_return std::vector<result<void>>(keys.size(), fail(errc::closed));
   std::vector<std::string> ks(keys.begin(), keys.end());
-  co_return co_await p_->master->batch_remove(std::move(ks), force);
+  auto r = co_await p_->master->batch_remove(std::move(ks), force);
+  p_->drop_cached();
+  co_return r;
 }
 
 task<result<std::uint64_t>> client::remove_all(bool force) {
   if (p_->closed.load()) co_return fail(errc::closed);
-  co_return co_await p_->master->remove_all(force);
+  auto r = co_await p_->master->remove_all(force);
+  p_->drop_cached();
+  co_return r;
 }
 
 task<result<void>> client::close() {

@@ -79,8 +79,9 @@ struct slot {
 // from another thread never hits a reused fd number.
 class connection : public std::enable_shared_from_this<connection> {
  public:
-  connection(io::reactor& home, io::tcp_stream s, const rpc_client_options& opts)
-      : home_(&home), s_(std::move(s)), opts_(opts) {}
+  connection(io::reactor& home, io::tcp_stream s, const rpc_client_options& opts,
+             std::shared_ptr<std::atomic<std::uint64_t>> breaks)
+      : home_(&home), s_(std::move(s)), opts_(opts), breaks_(std::move(breaks)) {}
 
   io::reactor& home() const noexcept { return *home_; }
   bool broken() const noexcept { return broken_; }
@@ -130,6 +131,7 @@ class connection : public std::enable_shared_from_this<connection> {
   void fail_all(std::error_code ec) noexcept {
     if (!broken_) {
       broken_ = true;
+      breaks_->fetch_add(1, std::memory_order_release);
       ::shutdown(s_.fd(), SHUT_RDWR);
     }
     while (head_) complete(head_, ec);
@@ -155,6 +157,7 @@ class connection : public std::enable_shared_from_this<connection> {
   io::reactor* home_;
   io::tcp_stream s_;
   rpc_client_options opts_;
+  std::shared_ptr<std::atomic<std::uint64_t>> breaks_;  // the client's count (link_epoch)
   std::stop_source stop_;
   std::unordered_map<std::uint64_t, slot*> pending_;
   slot* head_ = nullptr;  // pending calls by deadline
@@ -346,6 +349,9 @@ struct rpc_master_client::state {
   io::reactor_pool* pool = nullptr;
   std::vector<std::unique_ptr<entry>> entries;
   std::atomic<std::size_t> next{0};
+  // Shared with the connections, which may outlive this state by a little (their loops end after
+  // close): held by a shared_ptr so a late break never writes freed memory.
+  std::shared_ptr<std::atomic<std::uint64_t>> breaks = std::make_shared<std::atomic<std::uint64_t>>(0);
 
   std::shared_ptr<connection> current(entry& e) {
     std::lock_guard lk(e.mu);
@@ -380,7 +386,7 @@ struct rpc_master_client::state {
       log::debug("rpc client: connect to {}: {}", master.to_string(), s.error().message());
       co_return fail(is_timeout(s.error()) ? errc::rpc_timeout : errc::rpc_fail);
     }
-    auto c = std::make_shared<connection>(*e.home, std::move(*s), opts);
+    auto c = std::make_shared<connection>(*e.home, std::move(*s), opts, breaks);
     {
       std::lock_guard lk(e.mu);
       if (e.conn) e.conn->close();
@@ -469,6 +475,8 @@ std::size_t rpc_master_client::open_connections() const {
 }
 
 io::reactor_pool& rpc_master_client::pool() noexcept { return *s_->pool; }
+
+std::uint64_t rpc_master_client::link_epoch() const noexcept { return s_->breaks->load(std::memory_order_acquire); }
 
 template <op O>
 task<result<rpc::response_t<O>>> rpc_master_client::invoke(rpc::request_t<O> req) {

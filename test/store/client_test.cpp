@@ -3,6 +3,7 @@
 // racing, re-mount after expiry, close, and the embedded mode.
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -475,14 +476,22 @@ class late_lookups final : public yutu::store::master_service {
   using replica_desc = yutu::store::replica_desc;
   using client_id = yutu::store::client_id;
 
+  // How long each lookup waits after the master answered; lookups counts the keys looked up.
+  std::chrono::milliseconds delay = 50ms;
+  std::atomic<int> lookups{0};
+  std::atomic<std::uint64_t> link{0};
+  std::uint64_t link_epoch() const noexcept override { return link.load(); }
+
   task<result<replica_list>> get_replica_list(std::string key) override {
+    ++lookups;
     auto r = co_await m_.get_replica_list(std::move(key));
-    (void)co_await yutu::io::sleep_for(50ms);
+    if (delay.count()) (void)co_await yutu::io::sleep_for(delay);
     co_return r;
   }
   task<std::vector<result<replica_list>>> batch_get_replica_list(std::vector<std::string> keys) override {
+    lookups += static_cast<int>(keys.size());
     auto r = co_await m_.batch_get_replica_list(std::move(keys));
-    (void)co_await yutu::io::sleep_for(50ms);
+    if (delay.count()) (void)co_await yutu::io::sleep_for(delay);
     co_return r;
   }
   task<result<yutu::store::match_result>> match_prefix(std::vector<std::string> keys) override {
@@ -585,6 +594,123 @@ TEST_CASE("a read that ends after its lease fails with lease_expired in every ge
   REQUIRE(lp);
   CHECK(*lp == 0);
   CHECK(c.stats().get_failures >= 6);
+}
+
+// A get_into from one of the client's engine threads, where its replica cache lives.
+task<result<std::uint64_t>> get_on_engine(client& c, std::string key, void* dst, std::uint64_t size) {
+  co_await c.engine().schedule();
+  co_return co_await c.get_into(std::move(key), dst, size);
+}
+
+TEST_CASE("replica cache: hot keys are read without the master; removes, upserts, link breaks and age drop entries") {
+  master_state m(quiet_master());  // leases of 10 s
+  late_lookups look(m);
+  look.delay = 0ms;
+  auto node = make_client(m, 8 * mib);
+  client_config cc;
+  cc.engine_threads = 1;
+  cc.replica_cache_max_age = 300ms;
+  auto cr = client::create(cc, look);
+  REQUIRE(cr);
+  auto& c = **cr;
+  buffer dst(64 * kib);
+  REQUIRE(c.register_buffer(dst.p, dst.n));
+  auto v1 = pattern(50 * kib, 11), v2 = pattern(40 * kib, 12), v3 = pattern(30 * kib, 13);
+  auto get = [&](const std::string& k) { return yutu::sync_wait(get_on_engine(c, k, dst.p, dst.n)); };
+  auto holds = [&](const std::vector<std::byte>& v) { return std::memcmp(dst.p, v.data(), v.size()) == 0; };
+
+  REQUIRE(yutu::sync_wait(c.put("a", v1)));
+  REQUIRE(get("a").value() == v1.size());
+  CHECK(look.lookups == 1);
+  std::memset(dst.p, 0, dst.n);
+  REQUIRE(get("a").value() == v1.size());  // from the cache
+  CHECK(holds(v1));
+  CHECK(look.lookups == 1);
+  CHECK(c.stats().replica_cache_hits == 1);
+
+  // Off an engine thread there is no cache: every get asks the master.
+  REQUIRE(yutu::sync_wait(c.get_into("a", dst.p, dst.n)).value() == v1.size());
+  CHECK(look.lookups == 2);
+
+  // Another client replaces the object: the lease keeps the old bytes where they were, so the
+  // cached read still gets the whole old object (never the new one's bytes), until the entry ages out.
+  REQUIRE(yutu::sync_wait(node->remove("a", true)));
+  REQUIRE(yutu::sync_wait(node->put("a", v2)));
+  std::memset(dst.p, 0, dst.n);
+  REQUIRE(get("a").value() == v1.size());
+  CHECK(holds(v1));
+  CHECK(look.lookups == 2);
+  std::this_thread::sleep_for(350ms);
+  REQUIRE(get("a").value() == v2.size());
+  CHECK(holds(v2));
+  CHECK(look.lookups == 3);
+
+  // This client's own upsert and remove drop what it cached.
+  REQUIRE(get("a").value() == v2.size());
+  CHECK(look.lookups == 3);
+  REQUIRE(yutu::sync_wait(c.upsert("a", v3)));
+  REQUIRE(get("a").value() == v3.size());
+  CHECK(holds(v3));
+  CHECK(look.lookups == 4);
+  REQUIRE(yutu::sync_wait(c.remove("a", true)));
+  CHECK(get("a").error() == errc::object_not_found);
+  CHECK(look.lookups == 5);
+
+  // A broken link to the master (it may have restarted and forgotten its leases) drops it too.
+  REQUIRE(yutu::sync_wait(c.put("b", v1)));
+  REQUIRE(get("b"));
+  REQUIRE(get("b"));
+  CHECK(look.lookups == 6);
+  ++look.link;
+  REQUIRE(get("b"));
+  CHECK(look.lookups == 7);
+}
+
+TEST_CASE("replica cache: a cached replica that fails is dropped and the key looked up again") {
+  master_state m(quiet_master());
+  late_lookups look(m);
+  look.delay = 0ms;
+  // The only node: a bare engine whose memory is mounted by hand, so it can vanish without unmounting.
+  yutu::transfer::engine_config xc;
+  xc.threads = 1;
+  auto x = yutu::transfer::engine::create(xc);
+  REQUIRE(x);
+  auto xmem = (*x)->allocate_shared(4 * mib);
+  REQUIRE(xmem);
+  yutu::store::segment_info xs;
+  xs.engine_segment = (*x)->segment_name();
+  xs.name = xs.engine_segment + "/x";
+  xs.host = "127.0.0.1";
+  xs.base = reinterpret_cast<std::uint64_t>(*xmem);
+  xs.size = 4 * mib;
+  REQUIRE(yutu::sync_wait(m.mount_segment("node-x", xs)));
+  client_config cc;
+  cc.engine_threads = 1;
+  cc.transports = {"tcp"};  // a dead process is a refused connection
+  cc.transfer_deadline = 5s;
+  cc.replica_cache_max_age = 60s;
+  auto cr = client::create(cc, look);
+  REQUIRE(cr);
+  auto& c = **cr;
+  buffer dst(64 * kib);
+  REQUIRE(c.register_buffer(dst.p, dst.n));
+  auto v = pattern(20 * kib, 21);
+  REQUIRE(yutu::sync_wait(c.put("k", v)));
+  REQUIRE(yutu::sync_wait(get_on_engine(c, "k", dst.p, dst.n)));
+  REQUIRE(yutu::sync_wait(get_on_engine(c, "k", dst.p, dst.n)));
+  CHECK(look.lookups == 1);
+
+  x->reset();
+  auto g = yutu::sync_wait(get_on_engine(c, "k", dst.p, dst.n));
+  REQUIRE_FALSE(g);
+  CHECK((g.error() == te_errc::peer_unreachable || g.error() == te_errc::stale_segment ||
+         g.error() == te_errc::no_transport));
+  CHECK(look.lookups == 2);  // the cached try failed, the master was asked once more
+  CHECK(c.stats().get_failures == 1);
+  // The master forgets the node: the object is gone, and the cache does not claim otherwise.
+  REQUIRE(yutu::sync_wait(m.unmount_segment("node-x", xs.name)));
+  CHECK(yutu::sync_wait(get_on_engine(c, "k", dst.p, dst.n)).error() == errc::object_not_found);
+  CHECK(look.lookups == 3);
 }
 
 TEST_CASE("embedded mode: master, metadata and RPC servers, a storage node; clients in and out of process") {

@@ -294,6 +294,7 @@ TEST_CASE("a master that stops: calls fail with rpc_fail, and the client reconne
     CHECK(r.block_on(c->connect()));
     CHECK(c->open_connections() == 1);
     CHECK_FALSE(*r.block_on(c->exist("k")));
+    CHECK(c->link_epoch() == 0);
     srv.stop();
     pool.stop_and_join();
   }
@@ -302,6 +303,8 @@ TEST_CASE("a master that stops: calls fail with rpc_fail, and the client reconne
   REQUIRE_FALSE(res);
   CHECK(res.error() == errc::rpc_fail);
   CHECK(took < 1000ms);
+  // The broken connection moved the link epoch (what a client's replica cache watches).
+  CHECK(c->link_epoch() >= 1);
   {
     test::fake_master master;
     io::reactor_pool pool(1);

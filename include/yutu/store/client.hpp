@@ -76,6 +76,19 @@ struct client_config {
   std::chrono::milliseconds rpc_timeout{5'000};
   std::size_t rpc_connections = 2;
   std::size_t engine_threads = 2;
+  // Replica cache (0 = off): get_into / batch_get_into / batch_get_into_multi_buffers called on an
+  // engine thread reuse the replica list of an earlier lookup of the same key, without asking the
+  // master, for at most this long and never past half of the lease that lookup took. The lease keeps
+  // those replicas' memory from being reused, so a cached read gets the object's bytes or an error,
+  // never another object's; a cached replica that fails is dropped and the key looked up again.
+  // What the master cannot tell the client: another client's remove or upsert of a key is seen here
+  // only once the entry ages out. Meant for content-addressed, write-once keys (KVCache blocks),
+  // where a hot prefix is read again and again and each read otherwise costs a master round trip.
+  // This client's own remove / upsert / remove_all, a re-mount and a broken master connection drop
+  // every entry.
+  std::chrono::milliseconds replica_cache_max_age{0};
+  // Entries per engine thread; a full cache starts again empty.
+  std::size_t replica_cache_entries = 65536;
   // This client's id at the master; empty: a random one.
   std::string client_id;
 };
@@ -88,6 +101,7 @@ struct client_stats {
   std::uint64_t revokes = 0;    // puts revoked after a failed write
   std::uint64_t remounts = 0;   // segments mounted again after the master forgot them
   std::uint64_t heartbeat_failures = 0;
+  std::uint64_t replica_cache_hits = 0;  // keys read with a cached replica list (no master call)
 };
 
 class client {

@@ -54,6 +54,12 @@ class master_service {
   virtual task<result<void>> remove(std::string key, bool force = false) = 0;
   virtual task<std::vector<result<void>>> batch_remove(std::vector<std::string> keys, bool force = false) = 0;
   virtual task<result<std::uint64_t>> remove_all(bool force = false) = 0;
+
+  // Changes whenever this link to the master may have lost the master's state: for a remote master,
+  // each time a connection to it broke (the master may have restarted and forgotten its leases).
+  // A client's replica cache (client_config::replica_cache_max_age) drops what it holds when it moves.
+  // Any thread.
+  virtual std::uint64_t link_epoch() const noexcept { return 0; }
 };
 
 }  // namespace yutu::store

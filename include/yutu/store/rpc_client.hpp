@@ -93,6 +93,8 @@ class rpc_master_client final : public master_service {
   task<result<void>> remove(std::string key, bool force = false) override;
   task<std::vector<result<void>>> batch_remove(std::vector<std::string> keys, bool force = false) override;
   task<result<std::uint64_t>> remove_all(bool force = false) override;
+  // Connections that broke (or were replaced as dead) since creation.
+  std::uint64_t link_epoch() const noexcept override;
 
   struct state;  // implementation (src/store/rpc_client.cpp)
 
