@@ -58,7 +58,10 @@ constexpr const char* usage =
     "  --node-memory SIZE     memory each node contributes (default 1GiB)\n"
     "  --replicas N           replicas per block (default 1)\n"
     "  --concurrency N        requests in flight (default 8)\n"
-    "  --threads N            client threads driving them (default 2)\n"
+    "  --threads N            the client engine's threads; the requests run on them (default 2)\n"
+    "  --replica-cache MS     reuse a block's replica list for up to MS ms without asking the master\n"
+    "                         (client_config::replica_cache_max_age; 0 = off; default 2000: the keys\n"
+    "                         are content hashes, written once)\n"
     "  --transports LIST      client transports, e.g. tcp (default: local,shm,tcp)\n"
     "  --trace FILE           a Mooncake trace (.jsonl); default: conversation_trace.jsonl from\n"
     "                         $YUTU_TRACES, ../shared/traces, or next to the repository\n"
@@ -77,6 +80,7 @@ struct options {
   std::size_t replicas = 1;
   std::size_t concurrency = 8;
   std::size_t threads = 2;
+  std::size_t replica_cache_ms = 2000;
   std::vector<std::string> transports;
   std::string trace;
   bool synthetic = false;
@@ -354,7 +358,9 @@ int main(int argc, char** argv) {
     } else if (value("--concurrency")) {
       if (!parse_count(v, o.concurrency) || o.concurrency == 0) bad("--concurrency");
     } else if (value("--threads")) {
-      if (!parse_count(v, o.threads) || o.threads == 0) bad("--threads");
+      if (!parse_count(v, o.threads) || o.threads == 0 || o.threads > 64) bad("--threads");
+    } else if (value("--replica-cache")) {
+      if (!parse_count(v, o.replica_cache_ms) || o.replica_cache_ms > 3'600'000) bad("--replica-cache");
     } else if (value("--transports")) {
       o.transports.clear();
       std::size_t from = 0;
@@ -462,7 +468,10 @@ int main(int argc, char** argv) {
   cc.master = cl.master;
   cc.transports = o.transports;
   cc.replica_defaults.replica_num = o.replicas;
-  cc.engine_threads = 2;
+  // The request slots run on the engine's own threads, where the client's connections to the master
+  // and to the nodes live: no thread hop per call. The replica cache lives there too.
+  cc.engine_threads = o.threads;
+  cc.replica_cache_max_age = std::chrono::milliseconds(o.replica_cache_ms);
   auto store = yutu::store::client::create(cc);
   if (!store) {
     std::fprintf(stderr, "yutu-cluster: the client cannot start: %s\n", store.error().message().c_str());
@@ -493,10 +502,8 @@ int main(int argc, char** argv) {
   for (std::size_t t = 0; t < o.threads; ++t) {
     std::vector<std::byte*> mine;
     for (std::size_t i = t; i < slots; i += o.threads) mine.push_back(arenas[i].get());
-    drivers.emplace_back([&s, mine] {
-      yutu::io::reactor r;
-      r.block_on(run_slots(s, mine));
-    });
+    // Slot group t runs on engine thread t; this plain thread only waits for it.
+    drivers.emplace_back([&s, mine, t, eng = &(*store)->engine()] { eng->reactors().block_on(t, run_slots(s, mine)); });
   }
   // Progress, every 2 s, until the drivers finish.
   std::atomic<bool> drivers_done{false};
@@ -577,6 +584,9 @@ int main(int argc, char** argv) {
   std::printf("%-28s shm %.2f GiB, tcp %.2f GiB; failovers %llu\n", "bytes by transport",
               static_cast<double>(shm_bytes) / gib, static_cast<double>(tcp_bytes) / gib,
               static_cast<unsigned long long>(st.failovers));
+  std::printf("%-28s %llu of %llu blocks read with a cached replica list (no master call; max age %zu ms)\n",
+              "replica cache", static_cast<unsigned long long>(st.replica_cache_hits),
+              static_cast<unsigned long long>(s.hits.load()), o.replica_cache_ms);
   std::printf("%-28s errors %llu, corrupt blocks %llu, duplicate puts %llu, puts refused (full) %llu, clean stop %s\n",
               "health", static_cast<unsigned long long>(s.errors.load()),
               static_cast<unsigned long long>(s.corrupt.load()), static_cast<unsigned long long>(s.put_dups.load()),
@@ -591,6 +601,9 @@ int main(int argc, char** argv) {
   j["replicas"] = o.replicas;
   j["block_size"] = o.block_size;
   j["concurrency"] = o.concurrency;
+  j["threads"] = o.threads;
+  j["replica_cache_ms"] = o.replica_cache_ms;
+  j["replica_cache_hits"] = st.replica_cache_hits;
   j["requests"] = s.done.load();
   j["duration_s"] = elapsed;
   j["req_per_s"] = rps;

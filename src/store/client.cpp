@@ -988,23 +988,63 @@ task<result<std::size_t>> client::load_prefix(std::span<const std::string> keys,
   for (std::size_t i = 0; i < keys.size(); ++i)
     if (!p_->is_registered(dsts[i], sizes[i])) co_return fail(errc::invalid_params);
   const auto t0 = std::chrono::steady_clock::now();
-  std::vector<std::string> ks(keys.begin(), keys.end());
-  auto m = co_await p_->master->match_prefix(std::move(ks));
-  if (!m) co_return fail(m.error());
-  const std::size_t hits = std::min({m->hits, m->replicas.size(), keys.size()});
-  if (hits == 0) co_return std::size_t{0};
   std::vector<result<replica_list>> lists;
-  lists.reserve(hits);
+  std::vector<std::chrono::steady_clock::time_point> t0s;
+  // The leading keys the replica cache holds need no master; the master matches the rest (one round
+  // trip, none when every key is cached).
+  impl::replica_cache* rc = p_->local_cache();
+  const std::uint64_t epoch = p_->cache_epoch.load(std::memory_order_acquire);
+  const std::uint64_t link = p_->master->link_epoch();
+  std::size_t cached = 0;
+  if (rc) {
+    for (; cached < keys.size(); ++cached) {
+      auto it = rc->map.find(keys[cached]);
+      if (it == rc->map.end() || it->second.epoch != epoch || it->second.link != link || !(t0 < it->second.until))
+        break;
+      lists.emplace_back(it->second.list);
+      t0s.push_back(it->second.t0);
+    }
+  }
+  if (cached < keys.size()) {
+    std::vector<std::string> ks(keys.begin() + static_cast<std::ptrdiff_t>(cached), keys.end());
+    auto m = co_await p_->master->match_prefix(std::move(ks));
+    if (!m) {
+      if (cached == 0) co_return fail(m.error());
+    } else {
+      const std::size_t hits = std::min({m->hits, m->replicas.size(), keys.size() - cached});
+      const bool keep = rc && p_->local_cache() == rc;
+      for (std::size_t i = 0; i < hits; ++i) {
+        if (keep && m->replicas[i].lease_ttl.count() > 0) {
+          auto age = std::min<std::chrono::steady_clock::duration>(p_->cfg.replica_cache_max_age,
+                                                                   m->replicas[i].lease_ttl / 2);
+          if (rc->map.size() >= p_->cfg.replica_cache_entries) rc->map.clear();
+          rc->map.insert_or_assign(keys[cached + i], impl::cached_list{m->replicas[i], t0, t0 + age, epoch, link});
+        }
+        lists.emplace_back(std::move(m->replicas[i]));
+        t0s.push_back(t0);
+      }
+    }
+  }
+  const std::size_t hits = lists.size();
+  if (hits == 0) co_return std::size_t{0};
   object_set objs;
   for (std::size_t i = 0; i < hits; ++i) {
-    lists.emplace_back(std::move(m->replicas[i]));
     objs.add(dsts[i], sizes[i]);
     objs.next();
   }
   std::vector<result<std::uint64_t>> out(hits, std::uint64_t{0});
-  co_await p_->read_objects(lists, objs, out, t0);
+  co_await p_->read_objects(lists, objs, out, t0, &t0s);
   std::size_t loaded = 0;
   while (loaded < hits && out[loaded]) ++loaded;
+  if (cached) {
+    std::size_t served = std::min(loaded, cached);
+    if (served) p_->c.cache_hits.fetch_add(served, std::memory_order_relaxed);
+    // A cached hit that failed ends the prefix here, and leaves the cache: the next load asks the master.
+    if (loaded < cached)
+      if (auto* here = p_->local_cache())
+        for (std::size_t i = loaded; i < cached; ++i)
+          if (!out[i]) here->map.erase(keys[i]);
+  }
   co_return loaded;
 }
 

@@ -495,8 +495,9 @@ class late_lookups final : public yutu::store::master_service {
     co_return r;
   }
   task<result<yutu::store::match_result>> match_prefix(std::vector<std::string> keys) override {
+    lookups += static_cast<int>(keys.size());
     auto r = co_await m_.match_prefix(std::move(keys));
-    (void)co_await yutu::io::sleep_for(50ms);
+    if (delay.count()) (void)co_await yutu::io::sleep_for(delay);
     co_return r;
   }
 
@@ -602,6 +603,12 @@ task<result<std::uint64_t>> get_on_engine(client& c, std::string key, void* dst,
   co_return co_await c.get_into(std::move(key), dst, size);
 }
 
+task<result<std::size_t>> load_on_engine(client& c, std::span<const std::string> keys, std::span<void* const> dsts,
+                                         std::span<const std::uint64_t> sizes) {
+  co_await c.engine().schedule();
+  co_return co_await c.load_prefix(keys, dsts, sizes);
+}
+
 TEST_CASE("replica cache: hot keys are read without the master; removes, upserts, link breaks and age drop entries") {
   master_state m(quiet_master());  // leases of 10 s
   late_lookups look(m);
@@ -664,6 +671,27 @@ TEST_CASE("replica cache: hot keys are read without the master; removes, upserts
   ++look.link;
   REQUIRE(get("b"));
   CHECK(look.lookups == 7);
+
+  // load_prefix: the cached leading keys need no master; only the rest is matched there.
+  auto w0 = pattern(10 * kib, 30), w1 = pattern(11 * kib, 31);
+  REQUIRE(yutu::sync_wait(c.put("p0", w0)));
+  REQUIRE(yutu::sync_wait(c.put("p1", w1)));
+  buffer d0(16 * kib), d1(16 * kib), d2(16 * kib);
+  for (auto* b : {&d0, &d1, &d2}) REQUIRE(c.register_buffer(b->p, b->n));
+  std::vector<std::string> pk{"p0", "p1", "p2"};
+  std::vector<void*> pd{d0.p, d1.p, d2.p};
+  std::vector<std::uint64_t> ps{d0.n, d1.n, d2.n};
+  const int before = look.lookups;
+  CHECK(yutu::sync_wait(load_on_engine(c, pk, pd, ps)).value() == 2);
+  CHECK(look.lookups == before + 3);
+  std::memset(d0.p, 0, d0.n);
+  std::memset(d1.p, 0, d1.n);
+  CHECK(yutu::sync_wait(load_on_engine(c, pk, pd, ps)).value() == 2);
+  CHECK(look.lookups == before + 4);  // only "p2" went to the master
+  CHECK(std::memcmp(d0.p, w0.data(), w0.size()) == 0);
+  CHECK(std::memcmp(d1.p, w1.data(), w1.size()) == 0);
+  CHECK(yutu::sync_wait(load_on_engine(c, std::span(pk).first(2), std::span(pd).first(2), std::span(ps).first(2))).value() == 2);
+  CHECK(look.lookups == before + 4);  // every key cached: no master call at all
 }
 
 TEST_CASE("replica cache: a cached replica that fails is dropped and the key looked up again") {

@@ -76,8 +76,8 @@ struct client_config {
   std::chrono::milliseconds rpc_timeout{5'000};
   std::size_t rpc_connections = 2;
   std::size_t engine_threads = 2;
-  // Replica cache (0 = off): get_into / batch_get_into / batch_get_into_multi_buffers called on an
-  // engine thread reuse the replica list of an earlier lookup of the same key, without asking the
+  // Replica cache (0 = off): get_into / batch_get_into / batch_get_into_multi_buffers / load_prefix
+  // called on an engine thread reuse the replica list of an earlier lookup of the same key, without asking the
   // master, for at most this long and never past half of the lease that lookup took. The lease keeps
   // those replicas' memory from being reused, so a cached read gets the object's bytes or an error,
   // never another object's; a cached replica that fails is dropped and the key looked up again.
@@ -180,7 +180,7 @@ class client {
   // How many leading keys are present (complete); leases are taken on them. One round trip.
   task<result<std::size_t>> match_prefix(std::span<const std::string> keys);
   // match_prefix, then the hits read into dsts[i] (registered memory), with the replicas that the
-  // match returned: one master round trip in all. The number of leading keys now in their buffers
+  // match returned: one master round trip in all (none for leading keys the replica cache holds). The number of leading keys now in their buffers
   // (a hit whose every replica failed ends the prefix there).
   task<result<std::size_t>> load_prefix(std::span<const std::string> keys, std::span<void* const> dsts,
                                         std::span<const std::uint64_t> sizes);
