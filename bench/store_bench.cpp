@@ -13,7 +13,14 @@
 // (`--own-reactor`: all on one reactor of the bench's own, paying a thread hop there and back per
 // master call and per transfer). Before the figures
 // of a transport, one write pass over the node's memory faults it in (steady state). Output: a table,
-// then one JSON line (last).
+// then one JSON line (last). First, as the floor under every master call, it measures a blocking
+// loopback TCP round trip between two threads.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -22,6 +29,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -211,6 +219,54 @@ sample measure(yutu::io::reactor& r, figure_ctx& f, kind k, std::byte* buf, std:
   return s;
 }
 
+// The floor under every master call: the p50 round trip of a 64-byte request and reply between two
+// threads over loopback TCP with blocking sockets, measured in the same run. 0 when it cannot run.
+double loopback_rtt_p50_us(int rounds) {
+  int l = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (l < 0) return 0;
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t al = sizeof a;
+  if (::bind(l, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(l, 1) != 0 ||
+      ::getsockname(l, reinterpret_cast<sockaddr*>(&a), &al) != 0) {
+    ::close(l);
+    return 0;
+  }
+  int c = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (c < 0 || ::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    if (c >= 0) ::close(c);
+    ::close(l);
+    return 0;
+  }
+  int one = 1;
+  ::setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  std::thread echo([l] {
+    int s = ::accept(l, nullptr, nullptr);
+    if (s < 0) return;
+    int on = 1;
+    ::setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    char b[64];
+    while (::recv(s, b, sizeof b, MSG_WAITALL) == static_cast<ssize_t>(sizeof b))
+      if (::send(s, b, sizeof b, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof b)) break;
+    ::close(s);
+  });
+  char b[64] = {};
+  std::vector<double> lat;
+  lat.reserve(static_cast<std::size_t>(rounds));
+  for (int i = 0; i < rounds; ++i) {
+    auto t0 = clk::now();
+    if (::send(c, b, sizeof b, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof b) ||
+        ::recv(c, b, sizeof b, MSG_WAITALL) != static_cast<ssize_t>(sizeof b))
+      break;
+    lat.push_back(std::chrono::duration<double, std::micro>(clk::now() - t0).count());
+  }
+  ::close(c);
+  echo.join();
+  ::close(l);
+  return pct(std::move(lat), 0.5);
+}
+
 std::vector<std::uint64_t> parse_sizes(const std::string& v) {
   std::vector<std::uint64_t> out;
   std::size_t from = 0;
@@ -310,6 +366,10 @@ int main(int argc, char** argv) {
   std::unique_ptr<std::byte[]> buf(new std::byte[buf_bytes]);
   for (std::uint64_t i = 0; i < buf_bytes; i += 4096) buf[i] = static_cast<std::byte>(i >> 12);
 
+  const double rtt_us = loopback_rtt_p50_us(20000);
+  std::printf("reference: a blocking loopback TCP round trip between two threads, p50 %.1f us (a put makes two\n"
+              "           master round trips and a get one; --replica-cache lets repeated gets skip theirs)\n",
+              rtt_us);
   nlohmann::json results = nlohmann::json::array();
   std::printf("store_bench: %g s per figure, master over %s, callers on %s, replica cache %lld ms, node memory %.1f GiB\n",
               o.duration, o.in_process_master ? "in-process calls" : "RPC on loopback",
@@ -442,6 +502,7 @@ int main(int argc, char** argv) {
   j["duration_s"] = o.duration;
   j["results"] = results;
   j["min_ratio"] = min_ratio;
+  j["loopback_rtt_p50_us"] = rtt_us;
   j["figures"] = figures;
   j["at_least_0_8"] = passes;
   j["at_least_0_8_vs_fresh"] = passes_fresh;
