@@ -167,6 +167,22 @@ struct client::impl {
   void drop_cached() noexcept {
     if (!caches.empty()) cache_epoch.fetch_add(1, std::memory_order_acq_rel);
   }
+  // The entry for `key` if it is still good at t0 for these epochs.
+  static const cached_list* cached(replica_cache& rc, const std::string& key, std::chrono::steady_clock::time_point t0,
+                                   std::uint64_t epoch, std::uint64_t link) {
+    auto it = rc.map.find(key);
+    if (it == rc.map.end() || it->second.epoch != epoch || it->second.link != link || !(t0 < it->second.until))
+      return nullptr;
+    return &it->second;
+  }
+  // Keeps what a lookup sent at t0 returned, for the cache's age and at most half its lease.
+  void remember(replica_cache& rc, const std::string& key, const replica_list& list,
+                std::chrono::steady_clock::time_point t0, std::uint64_t epoch, std::uint64_t link) {
+    if (list.lease_ttl.count() <= 0) return;
+    auto age = std::min<std::chrono::steady_clock::duration>(cfg.replica_cache_max_age, list.lease_ttl / 2);
+    if (rc.map.size() >= cfg.replica_cache_entries) rc.map.clear();
+    rc.map.insert_or_assign(key, cached_list{list, t0, t0 + age, epoch, link});
+  }
 
   ~impl() {
     // The heartbeat may still be inside a call to the master: let it end before the master goes.
@@ -463,10 +479,9 @@ struct client::impl {
     std::vector<std::size_t> miss_idx;
     for (std::size_t i = 0; i < n; ++i) {
       if (!out[i]) continue;
-      auto it = rc->map.find(keys[i]);
-      if (it != rc->map.end() && it->second.epoch == epoch && it->second.link == link && t0 < it->second.until) {
-        lists[i] = it->second.list;
-        t0s[i] = it->second.t0;
+      if (const cached_list* e = cached(*rc, keys[i], t0, epoch, link)) {
+        lists[i] = e->list;
+        t0s[i] = e->t0;
         hit[i] = 1;
       } else {
         miss_keys.push_back(keys[i]);
@@ -478,14 +493,9 @@ struct client::impl {
       for (std::size_t k = 0; k < miss_idx.size(); ++k) lists[miss_idx[k]] = std::move(got[k]);
       // Entries are taken with the epochs read before the lookup: a remove that overlapped it left
       // the epoch newer, so what it returned is never used from the cache.
-      if (local_cache() == rc) {
-        for (std::size_t i : miss_idx) {
-          if (!lists[i] || lists[i]->lease_ttl.count() <= 0) continue;
-          auto age = std::min<std::chrono::steady_clock::duration>(cfg.replica_cache_max_age, lists[i]->lease_ttl / 2);
-          if (rc->map.size() >= cfg.replica_cache_entries) rc->map.clear();
-          rc->map.insert_or_assign(keys[i], cached_list{*lists[i], t0, t0 + age, epoch, link});
-        }
-      }
+      if (local_cache() == rc)
+        for (std::size_t i : miss_idx)
+          if (lists[i]) remember(*rc, keys[i], *lists[i], t0, epoch, link);
     }
     co_await read_objects(lists, objs, out, t0, &t0s);
 
@@ -998,11 +1008,10 @@ task<result<std::size_t>> client::load_prefix(std::span<const std::string> keys,
   std::size_t cached = 0;
   if (rc) {
     for (; cached < keys.size(); ++cached) {
-      auto it = rc->map.find(keys[cached]);
-      if (it == rc->map.end() || it->second.epoch != epoch || it->second.link != link || !(t0 < it->second.until))
-        break;
-      lists.emplace_back(it->second.list);
-      t0s.push_back(it->second.t0);
+      const impl::cached_list* e = impl::cached(*rc, keys[cached], t0, epoch, link);
+      if (!e) break;
+      lists.emplace_back(e->list);
+      t0s.push_back(e->t0);
     }
   }
   if (cached < keys.size()) {
@@ -1014,12 +1023,7 @@ task<result<std::size_t>> client::load_prefix(std::span<const std::string> keys,
       const std::size_t hits = std::min({m->hits, m->replicas.size(), keys.size() - cached});
       const bool keep = rc && p_->local_cache() == rc;
       for (std::size_t i = 0; i < hits; ++i) {
-        if (keep && m->replicas[i].lease_ttl.count() > 0) {
-          auto age = std::min<std::chrono::steady_clock::duration>(p_->cfg.replica_cache_max_age,
-                                                                   m->replicas[i].lease_ttl / 2);
-          if (rc->map.size() >= p_->cfg.replica_cache_entries) rc->map.clear();
-          rc->map.insert_or_assign(keys[cached + i], impl::cached_list{m->replicas[i], t0, t0 + age, epoch, link});
-        }
+        if (keep) p_->remember(*rc, keys[cached + i], m->replicas[i], t0, epoch, link);
         lists.emplace_back(std::move(m->replicas[i]));
         t0s.push_back(t0);
       }

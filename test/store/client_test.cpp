@@ -82,6 +82,26 @@ struct buffer {
   buffer& operator=(const buffer&) = delete;
 };
 
+// A storage node that can vanish without unmounting: a bare engine whose memory is mounted by hand
+// as client "node-x". Destroying the engine kills the node; the master still lists its replicas.
+std::pair<std::unique_ptr<yutu::transfer::engine>, yutu::store::segment_info> mount_bare_node(master_state& m,
+                                                                                               std::uint64_t size) {
+  yutu::transfer::engine_config xc;
+  xc.threads = 1;
+  auto x = yutu::transfer::engine::create(xc);
+  REQUIRE(x);
+  auto xmem = (*x)->allocate_shared(size);
+  REQUIRE(xmem);
+  yutu::store::segment_info xs;
+  xs.engine_segment = (*x)->segment_name();
+  xs.name = xs.engine_segment + "/x";
+  xs.host = "127.0.0.1";
+  xs.base = reinterpret_cast<std::uint64_t>(*xmem);
+  xs.size = size;
+  REQUIRE(yutu::sync_wait(m.mount_segment("node-x", xs)));
+  return {std::move(*x), xs};
+}
+
 }  // namespace
 
 TEST_CASE("put, get, exist, get_size and remove, with typed errors") {
@@ -320,19 +340,7 @@ TEST_CASE("a replica whose node is gone: reads fail over to the other one; puts 
   master_state m(quiet_master());
   auto a = make_client(m, 16 * mib);
   // A node that will vanish without unmounting: a bare engine whose memory is mounted by hand.
-  yutu::transfer::engine_config xc;
-  xc.threads = 1;
-  auto x = yutu::transfer::engine::create(xc);
-  REQUIRE(x);
-  auto xmem = (*x)->allocate_shared(16 * mib);
-  REQUIRE(xmem);
-  yutu::store::segment_info xs;
-  xs.engine_segment = (*x)->segment_name();
-  xs.name = xs.engine_segment + "/x";
-  xs.host = "127.0.0.1";
-  xs.base = reinterpret_cast<std::uint64_t>(*xmem);
-  xs.size = 16 * mib;
-  REQUIRE(yutu::sync_wait(m.mount_segment("node-x", xs)));
+  auto [x, xs] = mount_bare_node(m, 16 * mib);
   // The reader speaks tcp only: a dead process is then a refused connection, as from another host.
   auto c = make_client(m, 0, {"tcp"}, 2);
   yutu::io::reactor r;
@@ -346,7 +354,7 @@ TEST_CASE("a replica whose node is gone: reads fail over to the other one; puts 
   for (int i = 0; i < n; ++i) CHECK(r.block_on(c->get("f" + std::to_string(i))).value() == vals[i]);
   CHECK(c->stats().failovers == 0);
 
-  x->reset();  // the node dies; the master still lists its replicas
+  x.reset();  // the node dies; the master still lists its replicas
   for (int round = 0; round < 2; ++round)
     for (int i = 0; i < n; ++i) {
       auto g = r.block_on(c->get("f" + std::to_string(i)));
@@ -699,19 +707,7 @@ TEST_CASE("replica cache: a cached replica that fails is dropped and the key loo
   late_lookups look(m);
   look.delay = 0ms;
   // The only node: a bare engine whose memory is mounted by hand, so it can vanish without unmounting.
-  yutu::transfer::engine_config xc;
-  xc.threads = 1;
-  auto x = yutu::transfer::engine::create(xc);
-  REQUIRE(x);
-  auto xmem = (*x)->allocate_shared(4 * mib);
-  REQUIRE(xmem);
-  yutu::store::segment_info xs;
-  xs.engine_segment = (*x)->segment_name();
-  xs.name = xs.engine_segment + "/x";
-  xs.host = "127.0.0.1";
-  xs.base = reinterpret_cast<std::uint64_t>(*xmem);
-  xs.size = 4 * mib;
-  REQUIRE(yutu::sync_wait(m.mount_segment("node-x", xs)));
+  auto [x, xs] = mount_bare_node(m, 4 * mib);
   client_config cc;
   cc.engine_threads = 1;
   cc.transports = {"tcp"};  // a dead process is a refused connection
@@ -728,7 +724,7 @@ TEST_CASE("replica cache: a cached replica that fails is dropped and the key loo
   REQUIRE(yutu::sync_wait(get_on_engine(c, "k", dst.p, dst.n)));
   CHECK(look.lookups == 1);
 
-  x->reset();
+  x.reset();
   auto g = yutu::sync_wait(get_on_engine(c, "k", dst.p, dst.n));
   REQUIRE_FALSE(g);
   CHECK((g.error() == te_errc::peer_unreachable || g.error() == te_errc::stale_segment ||
