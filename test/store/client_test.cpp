@@ -767,6 +767,40 @@ TEST_CASE("embedded mode: master, metadata and RPC servers, a storage node; clie
   in->reset();
 }
 
+namespace {
+// On an engine thread: `n` master calls, and how many wake-ups other threads posted to this reactor
+// meanwhile (a call that hopped to another thread's connection comes back through one).
+task<std::pair<int, std::uint64_t>> exists_on_engine(client& c, int n) {
+  co_await c.engine().schedule();
+  auto& here = *yutu::io::reactor::current();
+  const auto before = here.statistics().wakeups_posted;
+  int found = 0;
+  for (int i = 0; i < n; ++i) found += (co_await c.exist("emb")).value_or(false) ? 1 : 0;
+  co_return std::pair{found, here.statistics().wakeups_posted - before};
+}
+}  // namespace
+
+TEST_CASE("a caller on an engine thread reaches a remote master without a thread hop") {
+  yutu::store::embedded_config ec;
+  ec.memory = 4 * mib;
+  auto s = yutu::store::embedded::create(ec);
+  REQUIRE(s);
+  client_config rc;
+  rc.master = (*s)->master_address();
+  rc.metadata = (*s)->metadata();
+  rc.engine_threads = 1;
+  rc.heartbeat_interval = std::chrono::hours(1);  // nothing else posts to the engine thread
+  auto c = client::create(rc);
+  REQUIRE(c);
+  REQUIRE(yutu::sync_wait((*c)->put("emb", pattern(1000, 1))));
+  auto [found, posted] = yutu::sync_wait(exists_on_engine(**c, 200));
+  CHECK(found == 200);
+  // The connection lives on this reactor: responses arrive through its own ring. When it lived on a
+  // reactor of the client's own, each of the 200 calls came back through a posted wake-up.
+  CHECK(posted < 20);
+  c->reset();
+}
+
 TEST_CASE("sizes parse in binary and decimal units") {
   using yutu::store::parse_size;
   CHECK(parse_size("4096").value() == 4096);
