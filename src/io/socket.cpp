@@ -109,6 +109,29 @@ task<result<void>> tcp_stream::send_all(std::span<const std::byte> buf) {
   co_return ok();
 }
 
+task<result<void>> send_all_within(int fd, std::span<const std::byte> bytes, std::chrono::milliseconds timeout) {
+  const auto deadline = clock::now() + timeout;
+  // As in send_all: into free socket-buffer space a send is a memcpy, so try it here, non-blocking.
+  // For a request/reply protocol this saves a ring operation and a loop turn per message.
+  if (!bytes.empty()) {
+    const ssize_t k = ::send(fd, bytes.data(), bytes.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (k > 0) {
+      bytes = bytes.subspan(static_cast<std::size_t>(k));
+    } else if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+      co_return fail_errno(-errno);
+    }
+  }
+  while (!bytes.empty()) {
+    auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - clock::now());
+    if (left.count() <= 0) co_return fail(std::errc::timed_out);
+    auto r = co_await send_op(fd, bytes).with_stop_token(std::stop_token{}).with_timeout(left);
+    if (!r) co_return fail(r.error());
+    if (*r == 0) co_return fail(errc::closed);
+    bytes = bytes.subspan(*r);
+  }
+  co_return ok();
+}
+
 task<result<void>> send_all_iov(int fd, std::span<iovec> iov) {
   iovec* v = iov.data();
   std::size_t n = iov.size();

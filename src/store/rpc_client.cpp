@@ -43,19 +43,7 @@ struct hop_to {
 };
 
 task<result<void>> send_bytes(int fd, std::string_view bytes, std::chrono::milliseconds timeout) {
-  const auto deadline = io::clock::now() + timeout;
-  std::size_t sent = 0;
-  while (sent < bytes.size()) {
-    auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - io::clock::now());
-    if (left.count() <= 0) co_return fail(std::errc::timed_out);
-    auto chunk = std::as_bytes(std::span(bytes.data() + sent, bytes.size() - sent));
-    // No stop token: a send cut short would leave half a frame on the stream.
-    auto r = co_await io::send_op(fd, chunk).with_stop_token(std::stop_token{}).with_timeout(left);
-    if (!r) co_return fail(r.error());
-    if (*r == 0) co_return fail(errc::closed);
-    sent += *r;
-  }
-  co_return ok();
+  return io::send_all_within(fd, std::as_bytes(std::span(bytes.data(), bytes.size())), timeout);
 }
 
 // One call waiting for its response. Lives in the calling coroutine's frame; only the home reactor

@@ -343,6 +343,48 @@ TEST_CASE("send_all of 64 MiB against a slow reader with small buffers survives 
   CHECK(r.in_flight() == 0);
 }
 
+TEST_CASE("send_all_within: every byte to a reader; timed_out at its deadline against one that stops reading") {
+  reactor r;
+  auto l = tcp_listener::bind(address::ipv4_loopback(0));
+  REQUIRE(l.has_value());
+  REQUIRE(yutu::io::detail::set_int_option(l->fd(), SOL_SOCKET, SO_RCVBUF, 4096).has_value());
+  auto body = [&]() -> task<void> {
+    auto [c, s] = co_await connected_pair(*l);
+    REQUIRE(c.set_send_buffer_size(4096).has_value());
+    // 1 MiB through small buffers: the first non-blocking send takes a part, the ring the rest.
+    constexpr std::size_t n = 1 << 20;
+    auto data = pattern(n, 9);
+    bool same = false;
+    int done = 0;
+    auto reader = [&]() -> task<void> {
+      std::vector<std::byte> in(n);
+      std::size_t at = 0;
+      while (at < n) {
+        auto k = co_await s.recv(std::span<std::byte>(in).subspan(at));
+        REQUIRE(k.has_value());
+        REQUIRE(*k > 0);
+        at += *k;
+      }
+      same = in == data;
+    };
+    spawn(reader(), &done);
+    auto w = co_await yutu::io::send_all_within(c.fd(), data, 5000ms);
+    CHECK(w.has_value());
+    while (!done) co_await yutu::io::nop();
+    CHECK(same);
+    // Nobody reads now: the send fills both buffers and ends at its deadline, as a value.
+    auto t0 = std::chrono::steady_clock::now();
+    auto stuck = co_await yutu::io::send_all_within(c.fd(), data, 100ms);
+    auto took = std::chrono::steady_clock::now() - t0;
+    REQUIRE_FALSE(stuck.has_value());
+    CHECK(stuck.error() == std::errc::timed_out);
+    CHECK(took >= 90ms);
+    CHECK(took < 2000ms);
+  };
+  r.block_on(body());
+  CHECK(r.in_flight() == 0);
+}
+
 TEST_CASE("connecting to a closed port is connection_refused") {
   reactor r;
   auto to = address::ipv4_loopback(closed_port());

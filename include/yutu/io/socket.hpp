@@ -15,6 +15,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -181,6 +182,11 @@ class sendmsg_zc_op : public uring_op<sendmsg_zc_op> {
 // ring only for what did not fit, as tcp_stream::send_all does for one buffer. Fails like send_all:
 // a prefix may have been sent.
 task<result<void>> send_all_iov(int fd, std::span<iovec> iov);
+
+// Sends every byte of `bytes` within `timeout` (std::errc::timed_out past it): a non-blocking send(2)
+// first, the ring for what did not fit. Deaf to stop requests on purpose: a send cut short would leave
+// half a frame on a framed stream (the RPC connections' case). errc::closed if the peer takes nothing.
+task<result<void>> send_all_within(int fd, std::span<const std::byte> bytes, std::chrono::milliseconds timeout);
 
 // connect(2) through the ring; owns the new socket until it is handed to the resulting tcp_stream.
 class connect_op : public uring_op<connect_op> {
