@@ -183,9 +183,10 @@ class sendmsg_zc_op : public uring_op<sendmsg_zc_op> {
 // a prefix may have been sent.
 task<result<void>> send_all_iov(int fd, std::span<iovec> iov);
 
-// Sends every byte of `bytes` within `timeout` (std::errc::timed_out past it): a non-blocking send(2)
-// first, the ring for what did not fit. Deaf to stop requests on purpose: a send cut short would leave
-// half a frame on a framed stream (the RPC connections' case). errc::closed if the peer takes nothing.
+// Sends every byte of `bytes` within `timeout` (std::errc::timed_out past it), through the ring: a
+// caller that queues frames while this is in flight sends them together next (the store RPC's
+// batching). Deaf to stop requests on purpose: a send cut short would leave half a frame on a framed
+// stream. errc::closed if the peer takes nothing.
 task<result<void>> send_all_within(int fd, std::span<const std::byte> bytes, std::chrono::milliseconds timeout);
 
 // connect(2) through the ring; owns the new socket until it is handed to the resulting tcp_stream.
