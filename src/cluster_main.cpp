@@ -32,6 +32,7 @@
 #include <nlohmann/json.hpp>
 
 #include "src/child_process.hpp"
+#include "yutu/json_int.hpp"
 #include "yutu/coro/sync_wait.hpp"
 #include "yutu/coro/when_all.hpp"
 #include "yutu/io/reactor.hpp"
@@ -122,7 +123,9 @@ bool load_trace(const std::string& path, std::vector<request>& out) {
     auto j = nlohmann::json::parse(line, nullptr, false);
     if (j.is_discarded() || !j.contains("hash_ids") || !j["hash_ids"].is_array()) return false;
     request r;
-    for (auto& h : j["hash_ids"]) r.hash_ids.push_back(h.get<std::uint64_t>());
+    auto ids = yutu::json_ints<std::uint64_t>(j["hash_ids"]);
+    if (!ids) return false;  // a float or a negative id: not a trace of ours
+    r.hash_ids = std::move(*ids);
     if (!r.hash_ids.empty()) out.push_back(std::move(r));
   }
   return !out.empty();

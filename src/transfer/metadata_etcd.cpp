@@ -133,7 +133,8 @@ task<result<reply>> call(etcd_state& st, std::string path, json body) {
 // grants a new lease), anything else as metadata_error.
 std::error_code answer_error(const etcd_state& st, std::string_view what, const reply& r) {
   std::string message = r.body.value("message", r.body.value("error", std::string("?")));
-  if (r.body.value("code", 0) == 5 && message.find("lease") != std::string::npos)
+  // Not body.value("code", 0): that casts a float unchecked (undefined behaviour out of int's range).
+  if (json_int(r.body, "code") == 5 && message.find("lease") != std::string::npos)
     return make_error_code(errc::lease_expired);
   log::warn("metadata etcd {} {}: HTTP {}: {}", st.description, what, r.status, message);
   return make_error_code(te_errc::metadata_error);

@@ -9,6 +9,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "yutu/json_int.hpp"
+
 namespace yutu::transfer {
 
 std::string_view to_string(transfer_status s) noexcept {
@@ -89,31 +91,42 @@ std::string segment_desc::to_json() const {
   return j.dump();
 }
 
+namespace {
+// A field that is not an integer fitting its type (json_int.hpp says why get<T>() is not enough).
+struct bad_number {};
+template <class T>
+T need_int(const nlohmann::json& v) {
+  auto x = json_int<T>(v);
+  if (!x) throw bad_number{};
+  return *x;
+}
+}  // namespace
+
 result<segment_desc> segment_desc::from_json(std::string_view text) {
   auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return fail(te_errc::metadata_error);
   try {
     segment_desc d;
     d.name = j.at("name").get<std::string>();
-    d.incarnation = j.at("incarnation").get<std::uint64_t>();
+    d.incarnation = need_int<std::uint64_t>(j.at("incarnation"));
     d.host_id = j.value("host_id", "");
-    d.pid = j.value("pid", 0);
+    if (auto p = j.find("pid"); p != j.end()) d.pid = need_int<int>(*p);
     if (auto t = j.find("tcp"); t != j.end()) {
       d.tcp_host = t->at("host").get<std::string>();
-      d.tcp_port = t->at("port").get<std::uint16_t>();
+      d.tcp_port = need_int<std::uint16_t>(t->at("port"));
     }
     d.transports = j.value("transports", std::vector<std::string>{});
     if (auto e = j.find("ext"); e != j.end() && e->is_object())
       for (auto it = e->begin(); it != e->end(); ++it) d.extensions[it.key()] = it.value().dump();
     for (const auto& jb : j.at("buffers")) {
       buffer_desc b;
-      b.addr = jb.at("addr").get<std::uint64_t>();
-      b.length = jb.at("length").get<std::uint64_t>();
+      b.addr = need_int<std::uint64_t>(jb.at("addr"));
+      b.length = need_int<std::uint64_t>(jb.at("length"));
       b.location = jb.value("location", "cpu:0");
       if (auto s = jb.find("shm"); s != jb.end()) {
-        b.shm_fd = s->at("fd").get<int>();
-        b.shm_offset = s->at("offset").get<std::uint64_t>();
-        b.shm_size = s->at("size").get<std::uint64_t>();
+        b.shm_fd = need_int<int>(s->at("fd"));
+        b.shm_offset = need_int<std::uint64_t>(s->at("offset"));
+        b.shm_size = need_int<std::uint64_t>(s->at("size"));
       }
       if (b.addr + b.length < b.addr) return fail(te_errc::metadata_error);
       d.buffers.push_back(std::move(b));
@@ -121,6 +134,8 @@ result<segment_desc> segment_desc::from_json(std::string_view text) {
     std::sort(d.buffers.begin(), d.buffers.end(), [](auto& a, auto& b) { return a.addr < b.addr; });
     return d;
   } catch (const nlohmann::json::exception&) {
+    return fail(te_errc::metadata_error);
+  } catch (const bad_number&) {
     return fail(te_errc::metadata_error);
   }
 }

@@ -481,4 +481,16 @@ TEST_CASE("segment descriptors round-trip through JSON and reject garbage") {
   CHECK_FALSE(segment_desc::from_json("{}"));
   CHECK_FALSE(segment_desc::from_json("[1,2]"));
   CHECK_FALSE(segment_desc::from_json(R"({"name":"x","incarnation":1,"buffers":[{"addr":18446744073709551615,"length":2}]})"));
+  // Numbers that are not integers of the field's type are errors, not casts: the fuzzer's input
+  // (a float incarnation past 2^64 was undefined behaviour), a port past 65535, a negative address.
+  CHECK(segment_desc::from_json(
+            R"({"name":"a","incarnation":5555555555555555555551,"transports":["t5cp"],"buffers":[]})")
+            .error() == te_errc::metadata_error);
+  CHECK_FALSE(segment_desc::from_json(R"({"name":"a","incarnation":1.5,"buffers":[]})"));
+  CHECK_FALSE(segment_desc::from_json(R"({"name":"a","incarnation":1,"tcp":{"host":"h","port":70000},"buffers":[]})"));
+  CHECK_FALSE(segment_desc::from_json(R"({"name":"a","incarnation":1,"buffers":[{"addr":-4096,"length":2}]})"));
+  CHECK_FALSE(segment_desc::from_json(R"({"name":"a","incarnation":1,"pid":1e30,"buffers":[]})"));
+  CHECK(segment_desc::from_json(R"({"name":"a","incarnation":1,"pid":-1,"buffers":[]})"));
+  CHECK(engine_config::from_json(R"({"threads": 1e30})").error() == te_errc::invalid_argument);
+  CHECK_FALSE(engine_config::from_json(R"({"rdma": {"max_retries": 2.5}})"));
 }

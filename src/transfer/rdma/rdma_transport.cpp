@@ -32,6 +32,7 @@
 #include <unordered_set>
 
 #include "../transports.hpp"
+#include "yutu/json_int.hpp"
 #include "yutu/coro/async_event.hpp"
 #include "yutu/coro/async_mutex.hpp"
 #include "yutu/coro/async_semaphore.hpp"
@@ -149,11 +150,14 @@ result<remote_info> parse_remote(const std::string& text) {
     for (const auto& jn : j.at("nics")) {
       remote_nic n;
       n.name = jn.at("name").get<std::string>();
-      n.lid = jn.at("lid").get<std::uint16_t>();
-      auto g = jn.at("gid").get<std::vector<std::uint8_t>>();
-      if (g.size() != 16) return fail(te_errc::metadata_error);
-      std::copy(g.begin(), g.end(), n.gid_value.begin());
-      int m = jn.at("mtu").get<int>();
+      // Integers through json_int: get<T>() casts a float or a wider integer unchecked.
+      auto lid = json_int<std::uint16_t>(jn.at("lid"));
+      auto g = json_ints<std::uint8_t>(jn.at("gid"));
+      auto mtu_v = json_int<int>(jn.at("mtu"));
+      if (!lid || !g || g->size() != 16 || !mtu_v) return fail(te_errc::metadata_error);
+      n.lid = *lid;
+      std::copy(g->begin(), g->end(), n.gid_value.begin());
+      int m = *mtu_v;
       if (m < 1 || m > 5) return fail(te_errc::metadata_error);
       n.port_mtu = static_cast<mtu>(m);
       n.use_gid = jn.at("roce").get<bool>();
@@ -165,13 +169,24 @@ result<remote_info> parse_remote(const std::string& text) {
     ri.matrix = std::move(*m);
     for (const auto& jb : j.at("buffers")) {
       remote_buffer b;
-      b.addr = jb.at("addr").get<std::uint64_t>();
-      b.length = jb.at("length").get<std::uint64_t>();
-      b.chunk = jb.at("chunk").get<std::uint64_t>();
+      auto addr = json_int<std::uint64_t>(jb.at("addr"));
+      auto length = json_int<std::uint64_t>(jb.at("length"));
+      auto chunk = json_int<std::uint64_t>(jb.at("chunk"));
+      if (!addr || !length || !chunk) return fail(te_errc::metadata_error);
+      b.addr = *addr;
+      b.length = *length;
+      b.chunk = *chunk;
       auto loc = location::parse(jb.at("location").get<std::string>());
       if (!loc || b.addr + b.length < b.addr) return fail(te_errc::metadata_error);
       b.where = *loc;
-      b.rkeys = jb.at("rkeys").get<std::vector<std::vector<std::uint32_t>>>();
+      const auto& jr = jb.at("rkeys");
+      if (!jr.is_array()) return fail(te_errc::metadata_error);
+      b.rkeys.clear();
+      for (const auto& per_chunk : jr) {
+        auto keys = json_ints<std::uint32_t>(per_chunk);
+        if (!keys) return fail(te_errc::metadata_error);
+        b.rkeys.push_back(std::move(*keys));
+      }
       const std::uint64_t chunks = b.chunk ? (b.length + b.chunk - 1) / b.chunk : 1;
       if (b.rkeys.size() != ri.nics.size()) return fail(te_errc::metadata_error);
       for (const auto& k : b.rkeys)
