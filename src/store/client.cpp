@@ -1003,8 +1003,8 @@ task<result<std::size_t>> client::load_prefix(std::span<const std::string> keys,
   // The leading keys the replica cache holds need no master; the master matches the rest (one round
   // trip, none when every key is cached).
   impl::replica_cache* rc = p_->local_cache();
-  const std::uint64_t epoch = p_->cache_epoch.load(std::memory_order_acquire);
-  const std::uint64_t link = p_->master->link_epoch();
+  const std::uint64_t epoch = rc ? p_->cache_epoch.load(std::memory_order_acquire) : 0;
+  const std::uint64_t link = rc ? p_->master->link_epoch() : 0;
   std::size_t cached = 0;
   if (rc) {
     for (; cached < keys.size(); ++cached) {

@@ -92,40 +92,54 @@ struct zc_notice {
     return (flags & IORING_CQE_F_MORE) != 0;
   }
 };
+
+// What send_zc_op and sendmsg_zc_op share: whether the ring takes zero-copy sends (decided when the
+// SQE is prepared), the result-and-notification bookkeeping, and the result.
+template <class Derived>
+class zc_send_op : public uring_op<Derived> {
+ public:
+  zc_send_op() noexcept = default;
+  zc_send_op(zc_send_op&& o) noexcept : uring_op<Derived>(std::move(o)) {}
+  // Called for each CQE of the SQE; true while another one is owed.
+  bool on_result(int, std::uint32_t flags) noexcept { return notice_.on_cqe(flags); }
+  result<std::size_t> await_resume() const noexcept {
+    if (auto ec = this->error()) return fail(ec);
+    return static_cast<std::size_t>(this->res_);
+  }
+  // Whether the kernel took the zero-copy path and sent its notification (false after a fallback).
+  bool used_zero_copy() const noexcept { return zc_ && notice_.notified; }
+
+ protected:
+  // In prepare(): whether to prepare the zero-copy form of the SQE.
+  bool choose_zero_copy() noexcept { return zc_ = reactor::current()->features().send_zc; }
+
+ private:
+  bool zc_ = false;
+  zc_notice notice_;
+};
 }  // namespace detail
 
 // IORING_OP_SEND_ZC: the kernel sends from the caller's pages. Two CQEs: the result (flagged
 // IORING_CQE_F_MORE when a notification follows, also on error) and the notification
 // (IORING_CQE_F_NOTIF) once the kernel released the pages. uring_op resumes only after both, so the
 // buffer may be reused as soon as co_await returns. Where the ring lacks SEND_ZC this is a plain send.
-class send_zc_op : public uring_op<send_zc_op> {
+class send_zc_op : public detail::zc_send_op<send_zc_op> {
  public:
   send_zc_op(int fd, std::span<const std::byte> buf, int flags = MSG_NOSIGNAL) noexcept
       : fd_(fd), buf_(buf), flags_(flags) {}
   send_zc_op(send_zc_op&& o) noexcept
-      : uring_op<send_zc_op>(std::move(o)), fd_(o.fd_), buf_(o.buf_), flags_(o.flags_) {}
+      : detail::zc_send_op<send_zc_op>(std::move(o)), fd_(o.fd_), buf_(o.buf_), flags_(o.flags_) {}
   void prepare(io_uring_sqe* sqe) noexcept {
-    zc_ = reactor::current()->features().send_zc;
-    if (zc_)
+    if (choose_zero_copy())
       io_uring_prep_send_zc(sqe, fd_, buf_.data(), detail::clamp_len(buf_.size()), flags_, 0);
     else
       io_uring_prep_send(sqe, fd_, buf_.data(), detail::clamp_len(buf_.size()), flags_);
   }
-  // Called for each CQE of the SQE; true while another one is owed.
-  bool on_result(int, std::uint32_t flags) noexcept { return notice_.on_cqe(flags); }
-  result<std::size_t> await_resume() const noexcept {
-    if (auto ec = error()) return fail(ec);
-    return static_cast<std::size_t>(res_);
-  }
-  // Whether the kernel took the zero-copy path and sent its notification (false after a fallback).
-  bool used_zero_copy() const noexcept { return zc_ && notice_.notified; }
 
  private:
   int fd_;
   std::span<const std::byte> buf_;
   int flags_;
-  bool zc_ = false;
-  detail::zc_notice notice_;
 };
 
 // sendmsg(2) through the ring: several buffers (iovecs) in one call. The msghdr and its iovecs must
@@ -150,32 +164,23 @@ class sendmsg_op : public uring_op<sendmsg_op> {
 // IORING_OP_SENDMSG_ZC: sendmsg_op from the caller's pages, with send_zc_op's two completions (the
 // await returns after the notification, so the buffers are the caller's again). Where the ring lacks
 // SEND_ZC this is a plain sendmsg.
-class sendmsg_zc_op : public uring_op<sendmsg_zc_op> {
+class sendmsg_zc_op : public detail::zc_send_op<sendmsg_zc_op> {
  public:
   sendmsg_zc_op(int fd, const msghdr* m, int flags = MSG_NOSIGNAL | MSG_WAITALL) noexcept
       : fd_(fd), msg_(m), flags_(flags) {}
   sendmsg_zc_op(sendmsg_zc_op&& o) noexcept
-      : uring_op<sendmsg_zc_op>(std::move(o)), fd_(o.fd_), msg_(o.msg_), flags_(o.flags_) {}
+      : detail::zc_send_op<sendmsg_zc_op>(std::move(o)), fd_(o.fd_), msg_(o.msg_), flags_(o.flags_) {}
   void prepare(io_uring_sqe* sqe) noexcept {
-    zc_ = reactor::current()->features().send_zc;
-    if (zc_)
+    if (choose_zero_copy())
       io_uring_prep_sendmsg_zc(sqe, fd_, msg_, static_cast<unsigned>(flags_));
     else
       io_uring_prep_sendmsg(sqe, fd_, msg_, static_cast<unsigned>(flags_));
   }
-  bool on_result(int, std::uint32_t flags) noexcept { return notice_.on_cqe(flags); }
-  result<std::size_t> await_resume() const noexcept {
-    if (auto ec = error()) return fail(ec);
-    return static_cast<std::size_t>(res_);
-  }
-  bool used_zero_copy() const noexcept { return zc_ && notice_.notified; }
 
  private:
   int fd_;
   const msghdr* msg_;
   int flags_;
-  bool zc_ = false;
-  detail::zc_notice notice_;
 };
 
 // Sends every byte of the iovecs (advancing them as it goes): a non-blocking sendmsg(2) first, the
