@@ -1,13 +1,20 @@
 // The shared-memory transport: a peer on this host exposes memfd-backed buffers; we map each one
 // once (through /proc/<pid>/fd/<fd>) and copy directly. A pidfd tells us when the peer exited, since
 // a mapping of a dead peer's memory stays valid and writes into it would vanish silently.
+//
+// The pidfd is watched by a poll on one of the engine's reactors, which sets a flag when the peer
+// exits: a transfer reads that flag instead of polling the pidfd itself. A syscall per request cost
+// as much as the copy of a 64 KiB block, and made the peer's lock a point of contention.
 #include <poll.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstring>
+#include <stop_token>
 
 #include "transports.hpp"
+#include "yutu/io/op.hpp"
 #include "yutu/log.hpp"
 
 namespace yutu::transfer::detail {
@@ -22,14 +29,42 @@ int open_pidfd(int pid) {
 #endif
 }
 
+// One incarnation of a peer process: its pidfd, and whether it has exited.
+struct peer_liveness {
+  struct relay {
+    std::stop_source* to;
+    void operator()() const noexcept { to->request_stop(); }
+  };
+  explicit peer_liveness(int fd, std::stop_token transport_stopping)
+      : pidfd(fd), relay_stop(std::move(transport_stopping), relay{&stop}) {}
+  peer_liveness(const peer_liveness&) = delete;
+  peer_liveness& operator=(const peer_liveness&) = delete;
+
+  std::atomic<bool> exited{false};
+  int pidfd = -1;
+  std::stop_source stop;  // ends the watch: segment closed, peer restarted
+  std::stop_callback<relay> relay_stop;  // ... or the engine stopping
+  ~peer_liveness() {
+    if (pidfd >= 0) ::close(pidfd);
+  }
+};
+
+// Runs on an engine reactor until the peer exits or the watch is stopped. A pidfd becomes readable
+// when its process exits.
+task<void> watch_exit(std::shared_ptr<peer_liveness> l) {
+  auto r = co_await io::poll(l->pidfd, POLLIN).with_stop_token(l->stop.get_token());
+  if (r && (*r & (POLLIN | POLLHUP | POLLERR))) l->exited.store(true, std::memory_order_release);
+}
+
 struct shm_peer_state final : transport_peer_state {
   std::mutex mu;
   std::map<int, std::shared_ptr<shm_mapping>> maps;  // by the owner's memfd number
-  int pidfd = -1;
+  std::shared_ptr<peer_liveness> live;               // null where pidfds are unavailable
   std::uint64_t mapped_incarnation = 0;
-  ~shm_peer_state() override {
-    if (pidfd >= 0) ::close(pidfd);
+  void end_watch() noexcept {
+    if (live) live->stop.request_stop();
   }
+  ~shm_peer_state() override { end_watch(); }
 };
 
 }  // namespace
@@ -55,14 +90,19 @@ task<std::error_code> shm_transport::execute(const peer_info& peer, const transf
     std::lock_guard lk(st.mu);
     if (st.mapped_incarnation != d.incarnation) {
       st.maps.clear();
-      if (st.pidfd >= 0) ::close(st.pidfd);
-      st.pidfd = open_pidfd(d.pid);
+      st.end_watch();
+      st.live.reset();
       st.mapped_incarnation = d.incarnation;
+      if (int fd = open_pidfd(d.pid); fd >= 0) {
+        st.live = std::make_shared<peer_liveness>(fd, stopping_.get_token());
+        // The watch starts later, on a reactor: this first look covers a peer that is already gone.
+        pollfd pf{fd, POLLIN, 0};
+        if (::poll(&pf, 1, 0) > 0) st.live->exited.store(true, std::memory_order_relaxed);
+        else host_.spawn_on(0, watch_exit(st.live));
+      }
     }
-    if (st.pidfd >= 0) {
-      pollfd pf{st.pidfd, POLLIN, 0};
-      if (::poll(&pf, 1, 0) > 0) co_return make_error_code(te_errc::peer_unreachable);
-    }
+    if (st.live && st.live->exited.load(std::memory_order_acquire))
+      co_return make_error_code(te_errc::peer_unreachable);
     auto it = st.maps.find(b->shm_fd);
     if (it == st.maps.end()) {
       auto m = shm_mapping::open(d.pid, b->shm_fd, b->shm_size);
@@ -80,6 +120,13 @@ task<std::error_code> shm_transport::execute(const peer_info& peer, const transf
   else
     std::memcpy(r.source, target, r.length);
   co_return std::error_code{};
+}
+
+void shm_transport::close_peer(const peer_info& peer) noexcept {
+  if (!peer.state) return;
+  auto& st = *static_cast<shm_peer_state*>(peer.state);
+  std::lock_guard lk(st.mu);
+  st.end_watch();
 }
 
 }  // namespace yutu::transfer::detail

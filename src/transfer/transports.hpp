@@ -4,6 +4,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <stop_token>
 #include <vector>
 
 #include "tcp_conn.hpp"
@@ -29,6 +30,11 @@ class shm_transport final : public transport {
   std::unique_ptr<transport_peer_state> make_peer_state(const peer_info&) override;
   bool can_serve(const peer_info& peer, const transfer_request& r) const override;
   task<std::error_code> execute(const peer_info& peer, const transfer_request& r) override;
+  void close_peer(const peer_info& peer) noexcept override;
+  void shutdown() noexcept override { stopping_.request_stop(); }
+
+ private:
+  std::stop_source stopping_;  // ends every peer's exit watch
 };
 
 // TCP: a pool of pipelined connections per peer, requests cut into slices striped over them.

@@ -141,6 +141,34 @@ TEST_CASE("multi-process: the target killed mid-batch fails the batch typed, wit
   REQUIRE_FALSE(r);
 }
 
+TEST_CASE("multi-process: an shm target that exits is noticed: writes into its memory fail typed") {
+  if (peer_exe().empty()) return;
+  child_peer peer;
+  REQUIRE(peer.start(peer_exe(), {"--transports", "shm,tcp", "--size", "1048576", "--shared"}));
+  auto h = parse_hello(peer.hello());
+  auto init = initiator({"shm"});
+  auto seg = yutu::sync_wait(init->open_segment(h.segment));
+  REQUIRE(seg);
+  heap_buf src(65536);
+  fill_pattern(src.p, 65536, 5);
+  REQUIRE(yutu::sync_wait(init->write(*seg, src.p, h.buffer, 65536)));
+  CHECK(peer.command("sum 0 65536") == std::to_string(fnv1a(src.p, 65536)));
+  peer.kill_now();
+  // The mapping of the dead process's memory stays valid, so only the exit watch stands between a
+  // write and silent loss. It runs on an engine reactor: allow it a moment, never more.
+  auto t0 = std::chrono::steady_clock::now();
+  yutu::result<void> w;
+  do {
+    w = yutu::sync_wait(init->write(*seg, src.p, h.buffer, 65536));
+    if (w) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  } while (w && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+  REQUIRE_FALSE(w);
+  CHECK(w.error() == te_errc::peer_unreachable);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(500));
+  auto again = yutu::sync_wait(init->write(*seg, src.p, h.buffer, 64));
+  REQUIRE_FALSE(again);
+}
+
 TEST_CASE("multi-process: a restarted target is reconnected; stale addresses never reach the new process") {
   if (peer_exe().empty()) return;
   child_peer first;
