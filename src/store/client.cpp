@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <optional>
 #include <cctype>
 #include <cerrno>
 #include <charconv>
@@ -147,6 +149,10 @@ struct client::impl {
     std::chrono::steady_clock::time_point until;  // usable before this
     std::uint64_t epoch = 0;
     std::uint64_t link = 0;
+    // The replica a single-key hit reads (read_cached_one), chosen once per entry: best transport,
+    // rotating among equals so that keys spread over the replicas. Unset until first used.
+    std::optional<seg_entry> pick;
+    std::uint64_t pick_addr = 0;
   };
   struct replica_cache {
     std::unordered_map<std::string, cached_list> map;
@@ -181,7 +187,7 @@ struct client::impl {
     if (list.lease_ttl.count() <= 0) return;
     auto age = std::min<std::chrono::steady_clock::duration>(cfg.replica_cache_max_age, list.lease_ttl / 2);
     if (rc.map.size() >= cfg.replica_cache_entries) rc.map.clear();
-    rc.map.insert_or_assign(key, cached_list{list, t0, t0 + age, epoch, link});
+    rc.map.insert_or_assign(key, cached_list{list, t0, t0 + age, epoch, link, std::nullopt, 0});
   }
 
   ~impl() {
@@ -210,11 +216,16 @@ struct client::impl {
     return o;
   }
 
+  // A segment this client has opened before: no coroutine frame and no copy of the name, which a
+  // put or get pays per replica (segment() below opens one the first time).
+  std::optional<seg_entry> known_segment(const std::string& name) {
+    std::lock_guard lk(seg_mu);
+    if (auto it = seg_cache.find(name); it != seg_cache.end()) return it->second;
+    return std::nullopt;
+  }
+
   task<result<seg_entry>> segment(std::string name) {
-    {
-      std::lock_guard lk(seg_mu);
-      if (auto it = seg_cache.find(name); it != seg_cache.end()) co_return it->second;
-    }
+    if (auto known = known_segment(name)) co_return *known;
     auto sid = co_await eng->open_segment(name);
     if (!sid) co_return fail(sid.error());
     seg_entry e;
@@ -283,7 +294,11 @@ struct client::impl {
         continue;
       }
       for (const replica_desc& r : *starts[t]) {
-        auto seg = co_await segment(r.engine_segment);
+        result<seg_entry> seg = fail(errc::internal_error);
+        if (auto known = known_segment(r.engine_segment))
+          seg = *known;
+        else
+          seg = co_await segment(r.engine_segment);
         if (!seg) {
           tout[t] = fail(seg.error());
           break;
@@ -387,7 +402,11 @@ struct client::impl {
       }
       for (const replica_desc& r : rl.replicas) {
         if (r.status != replica_status::complete) continue;
-        auto seg = co_await segment(r.engine_segment);
+        result<seg_entry> seg = fail(errc::internal_error);
+        if (auto known = known_segment(r.engine_segment))
+          seg = *known;
+        else
+          seg = co_await segment(r.engine_segment);
         if (!seg) {
           last[i] = seg.error();
           continue;
@@ -460,6 +479,72 @@ struct client::impl {
     }
   }
 
+  // Picks the replica a cached entry's single-key reads go to, among segments this client already
+  // opened (false: none, and the general path opens them).
+  bool pick_replica(cached_list& e) {
+    if (e.pick) return true;
+    const std::size_t n = e.list.replicas.size();
+    const std::size_t start = n ? rr.fetch_add(1, std::memory_order_relaxed) % n : 0;
+    for (std::size_t k = 0; k < n; ++k) {
+      const replica_desc& r = e.list.replicas[(start + k) % n];
+      if (r.status != replica_status::complete) continue;
+      auto seg = known_segment(r.engine_segment);
+      if (seg && (!e.pick || seg->rank < e.pick->rank)) {
+        e.pick = *seg;
+        e.pick_addr = r.addr;
+      }
+    }
+    return e.pick.has_value();
+  }
+
+  // One key whose replica list is cached: one transfer and nothing else, without the bookkeeping of
+  // read_objects (per-key vectors, a copy of the list, segment lookups), which for a small object
+  // costs about as much as its copy. False when the entry does not apply or the read failed; the
+  // entry is then dropped and the general path runs (and asks the master).
+  task<bool> read_cached_one(replica_cache& rc, const std::string& key, const object_set& objs,
+                             std::chrono::steady_clock::time_point t0, std::uint64_t epoch, std::uint64_t link,
+                             std::vector<result<std::uint64_t>>& out) {
+    auto it = rc.map.find(key);
+    if (it == rc.map.end() || it->second.epoch != epoch || it->second.link != link || !(t0 < it->second.until))
+      co_return false;
+    cached_list& e = it->second;
+    const std::uint64_t size = e.list.size;
+    if (size == 0 || size > objs.bytes(0) || !pick_replica(e)) co_return false;
+    // The entry may change while the transfer is in flight (this thread runs other gets meanwhile):
+    // everything needed afterwards is copied now.
+    const auto leased_at = e.t0;
+    const auto ttl = e.list.lease_ttl;
+    const transfer::segment_id seg = e.pick->id;
+    // Most objects are one buffer: their requests live here, not on the heap.
+    const auto parts = objs.of(0);
+    std::array<transfer_request, 4> small;
+    std::vector<transfer_request> big;
+    std::span<transfer_request> reqs(small.data(), std::min(parts.size(), small.size()));
+    if (parts.size() > small.size()) {
+      big.resize(parts.size());
+      reqs = big;
+    }
+    std::size_t nreq = 0;
+    std::uint64_t left = size, off = 0;
+    for (const io_part& p : parts) {
+      if (left == 0) break;
+      const std::uint64_t len = std::min(p.n, left);
+      if (len) reqs[nreq++] = transfer_request{opcode::read, p.p, seg, e.pick_addr + off, len};
+      off += len;
+      left -= len;
+    }
+    auto res = co_await eng->transfer(reqs.first(nreq), batch_opts());
+    if (!res.first_error() && !(ttl.count() > 0 && std::chrono::steady_clock::now() - leased_at > ttl)) {
+      out[0] = size;
+      c.gets.fetch_add(1, std::memory_order_relaxed);
+      c.get_bytes.fetch_add(size, std::memory_order_relaxed);
+      c.cache_hits.fetch_add(1, std::memory_order_relaxed);
+      co_return true;
+    }
+    if (replica_cache* here = local_cache()) here->map.erase(key);
+    co_return false;
+  }
+
   task<void> get_objects(std::span<const std::string> keys, const object_set& objs,
                          std::vector<result<std::uint64_t>>& out) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -472,6 +557,10 @@ struct client::impl {
     const std::size_t n = keys.size();
     const std::uint64_t epoch = cache_epoch.load(std::memory_order_acquire);
     const std::uint64_t link = master->link_epoch();
+    if (n == 1 && out[0]) {
+      const bool done = co_await read_cached_one(*rc, keys[0], objs, t0, epoch, link, out);
+      if (done) co_return;
+    }
     std::vector<result<replica_list>> lists(n, result<replica_list>(fail(errc::internal_error)));
     std::vector<std::chrono::steady_clock::time_point> t0s(n, t0);
     std::vector<char> hit(n, 0);

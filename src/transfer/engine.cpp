@@ -79,8 +79,9 @@ struct peer {
     std::lock_guard lk(mu);
     return desc;
   }
-  peer_info info(std::size_t transport_index) const {
-    return peer_info{id, &name, self, snapshot(), states[transport_index].get()};
+  peer_info info(std::size_t transport_index) const { return info(transport_index, snapshot()); }
+  peer_info info(std::size_t transport_index, std::shared_ptr<const segment_desc> d) const {
+    return peer_info{id, &name, self, std::move(d), states[transport_index].get()};
   }
 };
 
@@ -506,15 +507,18 @@ struct engine::impl final : transport_host {
       out = make_error_code(te_errc::invalid_argument);
       co_return;
     }
-    if (!p->self && !p->snapshot()->find(r.target_offset, r.length)) {
+    // One snapshot of the descriptor serves every transport tried (each copy takes the peer's lock).
+    auto desc = p->snapshot();
+    if (!p->self && !desc->find(r.target_offset, r.length)) {
       // Our copy of the descriptor may predate a registration: look again once.
       co_await refresh(p);
+      desc = p->snapshot();
     }
     std::error_code ec = make_error_code(te_errc::no_transport);
     std::string_view prev;
     for (std::size_t i = 0; i < transports.size(); ++i) {
       transport& t = *transports[i];
-      const peer_info info = p->info(i);
+      const peer_info info = p->info(i, desc);
       if (!t.can_serve(info, r)) continue;
       if (!prev.empty()) {
         counters_for(prev).fallbacks_from.fetch_add(1, std::memory_order_relaxed);
@@ -529,7 +533,10 @@ struct engine::impl final : transport_host {
         co_return;
       }
       c.failures.fetch_add(1, std::memory_order_relaxed);
-      if (ec == te_errc::stale_segment || ec == te_errc::peer_unreachable) co_await refresh(p);
+      if (ec == te_errc::stale_segment || ec == te_errc::peer_unreachable) {
+        co_await refresh(p);
+        desc = p->snapshot();
+      }
       if (!may_fall_back(ec)) break;
       prev = t.name();
     }
