@@ -72,6 +72,20 @@ struct object_set {
   }
 };
 
+// Calls f(piece, offset in the object) for each part of `parts` that the first `size` bytes of an
+// object fill: how an object read lays out over a caller's buffers.
+template <class F>
+void for_each_piece(std::span<const io_part> parts, std::uint64_t size, F&& f) {
+  std::uint64_t left = size, off = 0;
+  for (const io_part& p : parts) {
+    if (left == 0) break;
+    const std::uint64_t len = std::min(p.n, left);
+    if (len) f(io_part{p.p, len}, off);
+    off += len;
+    left -= len;
+  }
+}
+
 // Populates [p, p + n) writable; touches every page where the kernel lacks MADV_POPULATE_WRITE (< 5.14).
 std::error_code prefault(void* p, std::size_t n) {
 #ifdef MADV_POPULATE_WRITE
@@ -434,14 +448,9 @@ struct client::impl {
       rbegin.assign(1, 0);
       for (std::size_t i : pending) {
         const cand& cd = cands[i][next[i]];
-        std::uint64_t left = lists[i]->size, off = 0;
-        for (const io_part& p : objs.of(i)) {
-          if (left == 0) break;
-          std::uint64_t len = std::min(p.n, left);
-          if (len) reqs.push_back(transfer_request{opcode::read, p.p, cd.seg, cd.addr + off, len});
-          off += len;
-          left -= len;
-        }
+        for_each_piece(objs.of(i), lists[i]->size, [&](io_part p, std::uint64_t off) {
+          reqs.push_back(transfer_request{opcode::read, p.p, cd.seg, cd.addr + off, p.n});
+        });
         rbegin.push_back(reqs.size());
       }
       auto res = co_await eng->transfer(reqs, batch_opts());
@@ -525,14 +534,10 @@ struct client::impl {
       reqs = big;
     }
     std::size_t nreq = 0;
-    std::uint64_t left = size, off = 0;
-    for (const io_part& p : parts) {
-      if (left == 0) break;
-      const std::uint64_t len = std::min(p.n, left);
-      if (len) reqs[nreq++] = transfer_request{opcode::read, p.p, seg, e.pick_addr + off, len};
-      off += len;
-      left -= len;
-    }
+    const std::uint64_t addr = e.pick_addr;
+    for_each_piece(parts, size, [&](io_part p, std::uint64_t off) {
+      reqs[nreq++] = transfer_request{opcode::read, p.p, seg, addr + off, p.n};
+    });
     auto res = co_await eng->transfer(reqs.first(nreq), batch_opts());
     if (!res.first_error() && !(ttl.count() > 0 && std::chrono::steady_clock::now() - leased_at > ttl)) {
       out[0] = size;

@@ -65,13 +65,13 @@ result<engine_config> engine_config::from_json(std::string_view text) {
       if (v.is_number_float()) return fail(bad(fmt::format("\"rdma.{}\" is not an integer", k)));
     }
   }
-  // Negative numbers would wrap to huge unsigned values in the conversions below.
-  for (const auto& [k, v] : j.items())
+  // Every number here is a count, size, port or time in integers. A negative one would wrap to a
+  // huge unsigned value in the conversions below, and j.value() would cast a float unchecked
+  // (undefined behaviour past the target's range).
+  for (const auto& [k, v] : j.items()) {
     if (v.is_number_integer() && v.get<long long>() < 0) return fail(bad(fmt::format("\"{}\" is negative", k)));
-  // Every number here is a count, size, port or time in integers; j.value() would cast a float
-  // unchecked (undefined behaviour past the target's range).
-  for (const auto& [k, v] : j.items())
     if (v.is_number_float()) return fail(bad(fmt::format("\"{}\" is not an integer", k)));
+  }
   engine_config c;
   try {
     c.local_segment_name = j.value("local_segment_name", c.local_segment_name);

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -22,6 +23,7 @@
 
 #include "metadata_backends.hpp"
 #include "yutu/io/address.hpp"
+#include "yutu/json_int.hpp"
 #include "yutu/io/http.hpp"
 #include "yutu/io/op.hpp"
 #include "yutu/transfer/detail/base64.hpp"
@@ -67,18 +69,19 @@ struct detached {
   };
 };
 
-std::optional<std::int64_t> json_int(const json& j, const char* name) {
+// An int64 field of an etcd answer: its JSON gateway writes them as strings, or as numbers.
+std::optional<std::int64_t> etcd_int(const json& j, const char* name) {
   auto it = j.find(name);
   if (it == j.end()) return std::nullopt;
-  if (it->is_number_integer()) return it->get<std::int64_t>();
   if (it->is_string()) {
     const std::string& s = it->get_ref<const std::string&>();
     char* end = nullptr;
+    errno = 0;
     long long v = std::strtoll(s.c_str(), &end, 10);
-    if (end == s.c_str() || *end != '\0') return std::nullopt;
+    if (end == s.c_str() || *end != '\0' || errno == ERANGE) return std::nullopt;
     return static_cast<std::int64_t>(v);
   }
-  return std::nullopt;
+  return yutu::json_int<std::int64_t>(*it);  // a number: only an integer that fits
 }
 
 // Request bodies are built outside the coroutines: g++ 12 miscompiles a braced json initializer with
@@ -134,7 +137,7 @@ task<result<reply>> call(etcd_state& st, std::string path, json body) {
 std::error_code answer_error(const etcd_state& st, std::string_view what, const reply& r) {
   std::string message = r.body.value("message", r.body.value("error", std::string("?")));
   // Not body.value("code", 0): that casts a float unchecked (undefined behaviour out of int's range).
-  if (json_int(r.body, "code") == 5 && message.find("lease") != std::string::npos)
+  if (etcd_int(r.body, "code") == 5 && message.find("lease") != std::string::npos)
     return make_error_code(errc::lease_expired);
   log::warn("metadata etcd {} {}: HTTP {}: {}", st.description, what, r.status, message);
   return make_error_code(te_errc::metadata_error);
@@ -170,8 +173,8 @@ task<result<std::int64_t>> ensure_lease(std::shared_ptr<etcd_state> st, millisec
   auto r = co_await call(*st, "/v3/lease/grant", ttl_body(seconds));
   if (!r) co_return fail(r.error());
   if (r->status != 200) co_return fail(answer_error(*st, "lease grant", *r));
-  auto id = json_int(r->body, "ID");
-  auto granted = json_int(r->body, "TTL");
+  auto id = etcd_int(r->body, "ID");
+  auto granted = etcd_int(r->body, "TTL");
   if (!id || *id == 0) {
     log::warn("metadata etcd {}: lease grant without an ID: {}", st->description, r->body.dump());
     co_return fail(te_errc::metadata_error);
@@ -233,7 +236,7 @@ detached keepalive_loop(std::shared_ptr<etcd_state> st) {
     if (tok.stop_requested()) break;
     if (!r) continue;  // logged; the next period tries again, the lease outlives a few misses
     const json& res = r->body.contains("result") ? r->body["result"] : r->body;
-    if (r->status != 200 || json_int(res, "TTL").value_or(0) <= 0) {
+    if (r->status != 200 || etcd_int(res, "TTL").value_or(0) <= 0) {
       log::warn("metadata etcd {}: lease {:x} lost, granting a new one", st->description, id);
       co_await regrant(st);
     }
