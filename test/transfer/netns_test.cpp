@@ -152,6 +152,18 @@ class netns_pair {
 
   // The veth end in B, down or up (the cut and the repair).
   bool set_link_b(bool up) { return ip({"-n", ns_b, "link", "set", veth_b, up ? "up" : "down"}).status == 0; }
+  // A veth brought up reports its carrier a moment later, and until then a connect can fail at once:
+  // "restored" means both ends say LOWER_UP (bounded: false after 5 s).
+  bool wait_link_up() {
+    for (int i = 0; i < 500; ++i) {
+      auto a = ip({"-n", ns_a, "-o", "link", "show", veth_a});
+      auto b = ip({"-n", ns_b, "-o", "link", "show", veth_b});
+      if (a.output.find("LOWER_UP") != std::string::npos && b.output.find("LOWER_UP") != std::string::npos)
+        return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  }
 
   void teardown() {
     (void)ip({"netns", "del", ns_a});
@@ -387,6 +399,7 @@ TEST_CASE("netns: the link cut mid-batch fails typed within the deadline; restor
 
   // The link is back: the same engine and segment handle work again, over fresh connections.
   REQUIRE(net.set_link_b(true));
+  REQUIRE(net.wait_link_up());
   fill_pattern(src.p, 4 << 20, 9);
   auto again = yutu::sync_wait(init->write(*seg, src.p, h.buffer, 4 << 20));
   CAPTURE(again ? std::string("ok") : again.error().message());
