@@ -56,6 +56,7 @@ struct options {
   bool in_process_master = false;
   bool own_reactor = false;
   std::chrono::milliseconds replica_cache{0};
+  std::uint64_t put_reservation = 0;
 };
 
 struct sample {
@@ -305,11 +306,14 @@ int main(int argc, char** argv) {
       std::printf(
           "usage: store_bench [--duration S] [--inflight N] [--node-memory SIZE] [--sizes 64KiB,1MiB,16MiB]\n"
           "                   [--batches 1,32] [--transports tcp,shm] [--in-process-master] [--own-reactor]\n"
-          "                   [--replica-cache MS] [--quick]\n"
+          "                   [--replica-cache MS] [--put-reservation SIZE] [--quick]\n"
           "  --own-reactor: callers run on a reactor of the bench's own, not on the engine's threads\n"
           "                 (every master call and transfer then crosses threads twice)\n"
           "  --replica-cache MS: the client reuses replica lists for up to MS ms (client_config::\n"
-          "                 replica_cache_max_age): repeated gets of a key skip the master\n");
+          "                 replica_cache_max_age): repeated gets of a key skip the master\n"
+          "  --put-reservation SIZE: each engine thread keeps SIZE bytes per object size allocated ahead\n"
+          "                 (client_config::put_reservation_bytes): a put commits into one, one master\n"
+          "                 round trip instead of two\n");
       return 0;
     } else if (a == "--duration") {
       o.duration = std::atof(next().c_str());
@@ -335,6 +339,10 @@ int main(int argc, char** argv) {
       o.own_reactor = true;
     } else if (a == "--replica-cache") {
       o.replica_cache = std::chrono::milliseconds(std::atoi(next().c_str()));
+    } else if (a == "--put-reservation") {
+      auto s = parse_size(next());
+      if (!s) return 2;
+      o.put_reservation = *s;
     } else if (a == "--quick") {
       o.duration = 0.3;
     } else {
@@ -375,10 +383,10 @@ int main(int argc, char** argv) {
               "           master round trips and a get one; --replica-cache lets repeated gets skip theirs)\n",
               rtt_us);
   nlohmann::json results = nlohmann::json::array();
-  std::printf("store_bench: %g s per figure, master over %s, callers on %s, replica cache %lld ms, node memory %.1f GiB\n",
+  std::printf("store_bench: %g s per figure, master over %s, callers on %s, replica cache %lld ms, put reservations %.0f MiB, node memory %.1f GiB\n",
               o.duration, o.in_process_master ? "in-process calls" : "RPC on loopback",
               o.own_reactor ? "a reactor of their own" : "the engine's threads",
-              static_cast<long long>(o.replica_cache.count()),
+              static_cast<long long>(o.replica_cache.count()), static_cast<double>(o.put_reservation) / (1 << 20),
               static_cast<double>(o.node_memory) / (1ull << 30));
   std::printf("| %-9s | %-4s | %-7s | %-5s | %-11s | %-11s | %-6s | %-11s | %-6s | %-19s | %-19s |\n", "transport",
               "op", "size", "batch", "store GiB/s", "raw GiB/s", "ratio", "fresh GiB/s", "ratio", "store p50/p99 us",
@@ -396,6 +404,7 @@ int main(int argc, char** argv) {
     cc.transfer_deadline = std::chrono::milliseconds(60'000);
     cc.rpc_timeout = std::chrono::milliseconds(10'000);
     cc.replica_cache_max_age = o.replica_cache;
+    cc.put_reservation_bytes = o.put_reservation;
     auto c = o.in_process_master ? (*store)->connect(cc) : [&] {
       cc.master = (*store)->master_address();
       cc.metadata = (*store)->metadata();
@@ -504,6 +513,12 @@ int main(int argc, char** argv) {
           results.push_back(std::move(fig_j));
         }
       }
+    if (o.put_reservation) {
+      const auto cs = (*c)->stats();
+      std::printf("    %s: %llu of %llu puts committed into a reservation, %llu reservations refused at commit\n",
+                  transport.c_str(), static_cast<unsigned long long>(cs.reserved_puts),
+                  static_cast<unsigned long long>(cs.puts), static_cast<unsigned long long>(cs.reservation_fallbacks));
+    }
     (void)(*c)->unregister_buffer(buf.get());
     c->reset();
   }
@@ -514,6 +529,7 @@ int main(int argc, char** argv) {
   j["master"] = o.in_process_master ? "in-process" : "rpc";
   j["callers"] = o.own_reactor ? "own-reactor" : "engine-threads";
   j["replica_cache_ms"] = o.replica_cache.count();
+  j["put_reservation_bytes"] = o.put_reservation;
   j["duration_s"] = o.duration;
   j["results"] = results;
   j["min_ratio"] = min_ratio;

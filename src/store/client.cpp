@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <random>
@@ -22,6 +23,7 @@
 #include <fmt/format.h>
 
 #include "yutu/coro/async_event.hpp"
+#include "yutu/coro/async_scope.hpp"
 #include "yutu/coro/when_all.hpp"
 #include "yutu/io/op.hpp"
 #include "yutu/io/reactor_pool.hpp"
@@ -149,7 +151,8 @@ struct client::impl {
 
   struct counters {
     std::atomic<std::uint64_t> puts{0}, put_failures{0}, put_bytes{0}, gets{0}, get_failures{0}, get_bytes{0},
-        failovers{0}, revokes{0}, remounts{0}, heartbeat_failures{0}, cache_hits{0};
+        failovers{0}, revokes{0}, remounts{0}, heartbeat_failures{0}, cache_hits{0}, reserved_puts{0},
+        reservation_fallbacks{0};
   } c;
 
   // The replica cache (client_config::replica_cache_max_age): one map per engine thread, touched only
@@ -174,15 +177,175 @@ struct client::impl {
   std::vector<std::unique_ptr<replica_cache>> caches;  // by engine reactor index
   std::atomic<std::uint64_t> cache_epoch{0};
 
+  // The engine reactor this thread runs, or npos.
+  static constexpr std::size_t npos = SIZE_MAX;
+  std::size_t engine_index() const noexcept {
+    io::reactor* here = io::reactor::current();
+    if (!here) return npos;
+    auto& pool = eng->reactors();
+    for (std::size_t i = 0; i < pool.size(); ++i)
+      if (&pool.at(i) == here) return i;
+    return npos;
+  }
   // This thread's cache, or none (off, or not on an engine thread).
   replica_cache* local_cache() noexcept {
     if (caches.empty()) return nullptr;
-    io::reactor* here = io::reactor::current();
-    if (!here) return nullptr;
-    auto& pool = eng->reactors();
-    for (std::size_t i = 0; i < pool.size(); ++i)
-      if (&pool.at(i) == here) return caches[i].get();
+    const std::size_t i = engine_index();
+    return i == npos ? nullptr : caches[i].get();
+  }
+
+  // Reserved puts (client_config::put_reservation_bytes): per engine thread, touched only by that
+  // thread, so taking one costs no lock. A reservation is a put the master started under a
+  // placeholder key; its replicas are this client's to write until it is committed or revoked.
+  struct reservation {
+    std::string placeholder;
+    std::vector<replica_desc> replicas;
+    std::chrono::steady_clock::time_point t0;  // when the put_start that made it was sent
+    std::uint64_t epoch = 0;                   // reserve_epoch then
+  };
+  struct reserve_pool {
+    std::uint64_t size = 0;
+    std::deque<reservation> ready;  // oldest first
+    bool refilling = false;
+    std::chrono::steady_clock::time_point retry_after{};  // after a refill the master refused
+    std::uint64_t used = 0;  // the thread's use count when last taken from (the least used goes first)
+  };
+  struct reserve_state {
+    std::vector<reserve_pool> pools;
+    std::uint64_t uses = 0;
+  };
+  static constexpr std::size_t max_reserve_pools = 4;
+  std::vector<std::unique_ptr<reserve_state>> reserves;  // by engine reactor index; empty: off
+  std::atomic<std::uint64_t> next_placeholder{0};
+  // Moves when reservations may have gone at the master: this client's forced remove_all.
+  std::atomic<std::uint64_t> reserve_epoch{0};
+  coro::async_scope bg;  // refills and give-backs
+
+  std::size_t reserve_target(std::uint64_t size) const noexcept {
+    return static_cast<std::size_t>(std::clamp<std::uint64_t>(cfg.put_reservation_bytes / size, 2, 4096));
+  }
+  static reserve_pool* find_pool(reserve_state& st, std::uint64_t size) noexcept {
+    for (auto& p : st.pools)
+      if (p.size == size) return &p;
     return nullptr;
+  }
+
+  // Takes reservations for n objects of `size` from this thread's pool into `out`, all or none;
+  // starts a refill when the pool runs low and gives back the ones past their age.
+  bool take_reserved(std::uint64_t size, std::size_t n, std::vector<reservation>& out, std::size_t& thread) {
+    if (reserves.empty() || size == 0 || size > cfg.put_reservation_max_object || closed.load()) return false;
+    const std::size_t ti = engine_index();
+    if (ti == npos) return false;
+    thread = ti;
+    reserve_state& st = *reserves[ti];
+    std::vector<std::string> expired;
+    reserve_pool* pl = find_pool(st, size);
+    if (!pl) {
+      if (st.pools.size() >= max_reserve_pools) {
+        auto lru = std::min_element(st.pools.begin(), st.pools.end(),
+                                    [](const reserve_pool& a, const reserve_pool& b) { return a.used < b.used; });
+        if (lru->refilling) return false;  // its refill will look for it when it returns
+        for (auto& r : lru->ready) expired.push_back(std::move(r.placeholder));
+        st.pools.erase(lru);
+      }
+      pl = &st.pools.emplace_back();
+      pl->size = size;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    const std::uint64_t epoch = reserve_epoch.load(std::memory_order_acquire);
+    if (!pl->ready.empty() && pl->ready.back().epoch != epoch) {
+      for (auto& r : pl->ready) expired.push_back(std::move(r.placeholder));
+      pl->ready.clear();
+    }
+    while (!pl->ready.empty() && now - pl->ready.front().t0 >= cfg.put_reservation_max_age) {
+      expired.push_back(std::move(pl->ready.front().placeholder));
+      pl->ready.pop_front();
+    }
+    bool got = false;
+    if (pl->ready.size() >= n) {
+      for (std::size_t k = 0; k < n; ++k) {
+        out.push_back(std::move(pl->ready.front()));
+        pl->ready.pop_front();
+      }
+      got = true;
+    }
+    pl->used = ++st.uses;
+    const bool low = pl->ready.size() * 2 < reserve_target(size) || pl->ready.size() < n;
+    const bool refill_now = low && !pl->refilling && now >= pl->retry_after;
+    if (refill_now) pl->refilling = true;
+    // Spawned last: with a master in this process the refill runs to its end inside spawn().
+    if (refill_now) bg.spawn(refill(ti, size, std::max(n, reserve_target(size))));
+    if (!expired.empty()) bg.spawn(give_back(std::move(expired)));
+    return got;
+  }
+
+  // Puts a reservation the caller did not use back, if this is still its thread and its pool.
+  void return_reserved(std::size_t ti, std::uint64_t size, reservation r) {
+    if (engine_index() == ti && !closed.load())
+      if (reserve_pool* pl = find_pool(*reserves[ti], size)) {
+        pl->ready.push_front(std::move(r));
+        return;
+      }
+    std::vector<std::string> back{std::move(r.placeholder)};
+    bg.spawn(give_back(std::move(back)));
+  }
+
+  task<void> refill(std::size_t ti, std::uint64_t size, std::size_t target) {
+    coro::executor* home = coro::current_executor();
+    std::size_t have = 0;
+    if (reserve_pool* pl = find_pool(*reserves[ti], size)) have = pl->ready.size();
+    const std::size_t want = target > have ? target - have : 0;
+    std::vector<std::string> keys;
+    keys.reserve(want);
+    for (std::size_t k = 0; k < want; ++k)
+      keys.push_back(fmt::format("\x7fyutu-reserved/{}/{}", id, next_placeholder.fetch_add(1, std::memory_order_relaxed)));
+    std::vector<result<std::vector<replica_desc>>> starts;
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::uint64_t epoch = reserve_epoch.load(std::memory_order_acquire);
+    if (!keys.empty())
+      starts = co_await master->batch_put_start(id, keys, std::vector<std::uint64_t>(keys.size(), size),
+                                                cfg.replica_defaults);
+    co_await hop_to{home, {}};
+    reserve_pool* pl = find_pool(*reserves[ti], size);
+    std::vector<std::string> back;
+    bool refused = false;
+    for (std::size_t k = 0; k < keys.size(); ++k) {
+      if (k >= starts.size() || !starts[k]) {
+        refused = true;
+        continue;
+      }
+      if (pl && !closed.load())
+        pl->ready.push_back(reservation{std::move(keys[k]), std::move(*starts[k]), t0, epoch});
+      else
+        back.push_back(std::move(keys[k]));
+    }
+    if (pl) {
+      pl->refilling = false;
+      // A master without room (or unreachable) is not asked again by every put.
+      if (refused) pl->retry_after = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+    }
+    if (!back.empty()) co_await give_back(std::move(back));
+  }
+
+  task<void> give_back(std::vector<std::string> placeholders) {
+    auto rs = co_await master->batch_put_revoke(id, placeholders);
+    for (std::size_t k = 0; k < rs.size(); ++k)
+      if (!rs[k] && rs[k].error() != errc::object_not_found)
+        log::info("store client {}: giving back reservation {} failed: {}", id, placeholders[k], rs[k].error().message());
+  }
+
+  // close(): every thread's reservations, taken on their threads, then revoked in one call.
+  task<void> drop_reservations() {
+    bg.request_stop();
+    co_await bg.join();
+    std::vector<std::string> all;
+    for (std::size_t i = 0; i < reserves.size(); ++i) {
+      co_await eng->reactors().at(i).schedule();
+      for (auto& pl : reserves[i]->pools)
+        for (auto& r : pl.ready) all.push_back(std::move(r.placeholder));
+      reserves[i]->pools.clear();
+    }
+    if (!all.empty()) (void)co_await master->batch_put_revoke(id, std::move(all));
   }
   void drop_cached() noexcept {
     if (!caches.empty()) cache_epoch.fetch_add(1, std::memory_order_acq_rel);
@@ -209,6 +372,9 @@ struct client::impl {
     hb_stop.request_stop();
     while (hb_running && !hb_exited.load(std::memory_order_acquire))
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    // So may a refill or a give-back that a put started after close() joined them.
+    bg.request_stop();
+    while (bg.running() != 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     owned_master.reset();
     eng.reset();  // frees the contributed (shared) memory with it
     if (pool) pool->stop_and_join();
@@ -281,9 +447,10 @@ struct client::impl {
     co_return starts;
   }
 
-  // `out[i]` set on entry (invalid arguments, closed) skips key i.
+  // `out[i]` set on entry (invalid arguments, closed) skips key i. `may_reserve` false: no
+  // reservation (the keys a commit refused, put again).
   task<void> put_objects(std::span<const std::string> keys, const object_set& objs, replicate_config cfg_,
-                         bool upsert, std::vector<result<void>>& out) {
+                         bool upsert, std::vector<result<void>>& out, bool may_reserve = true) {
     const std::size_t n = keys.size();
     std::vector<std::size_t> todo;
     for (std::size_t i = 0; i < n; ++i)
@@ -296,18 +463,30 @@ struct client::impl {
       for (auto& p : objs.of(i)) tobjs.add(p.p, p.n);
       tobjs.next();
     }
-    auto starts = co_await start_puts(tkeys, tobjs, std::move(cfg_), upsert);
+    // Reservations for every key of the batch (one size, the default replication), or for none.
+    std::vector<reservation> resv;
+    std::size_t resv_thread = npos;
+    const std::uint64_t resv_size = tobjs.bytes(0);
+    if (may_reserve && !upsert && !reserves.empty() && cfg_ == cfg.replica_defaults) {
+      bool same = true;
+      for (std::size_t t = 1; t < todo.size(); ++t) same = same && tobjs.bytes(t) == resv_size;
+      if (same) (void)take_reserved(resv_size, todo.size(), resv, resv_thread);
+    }
+    const bool reserved = !resv.empty();
+    std::vector<result<std::vector<replica_desc>>> starts;
+    if (!reserved) starts = co_await start_puts(tkeys, tobjs, std::move(cfg_), upsert);
 
     std::vector<transfer_request> reqs;
     std::vector<std::size_t> rbegin(todo.size() + 1, 0);
     std::vector<result<void>> tout(todo.size(), ok());
     for (std::size_t t = 0; t < todo.size(); ++t) {
       rbegin[t] = reqs.size();
-      if (!starts[t]) {
+      if (!reserved && !starts[t]) {
         tout[t] = fail(starts[t].error());
         continue;
       }
-      for (const replica_desc& r : *starts[t]) {
+      const std::vector<replica_desc>& reps = reserved ? resv[t].replicas : *starts[t];
+      for (const replica_desc& r : reps) {
         result<seg_entry> seg = fail(errc::internal_error);
         if (auto known = known_segment(r.engine_segment))
           seg = *known;
@@ -331,7 +510,7 @@ struct client::impl {
     std::vector<std::string> ends, revokes;
     std::vector<std::size_t> end_idx;
     for (std::size_t t = 0; t < todo.size(); ++t) {
-      if (!starts[t]) continue;
+      if (!reserved && !starts[t]) continue;
       if (tout[t]) {
         if (auto ec = first_error(res, rbegin[t], rbegin[t + 1])) tout[t] = fail(ec);
       }
@@ -339,10 +518,39 @@ struct client::impl {
         ends.push_back(tkeys[t]);
         end_idx.push_back(t);
       } else {
-        revokes.push_back(tkeys[t]);
+        revokes.push_back(reserved ? resv[t].placeholder : tkeys[t]);
       }
     }
-    if (ends.size() == 1) {
+    std::vector<std::size_t> again;  // commits the master refused: put again, without a reservation
+    if (reserved && !ends.empty()) {
+      std::vector<std::string> placeholders;
+      for (std::size_t t : end_idx) placeholders.push_back(resv[t].placeholder);
+      auto rs = co_await master->batch_put_commit(id, std::move(placeholders), std::move(ends));
+      std::vector<std::string> stale;
+      for (std::size_t k = 0; k < end_idx.size(); ++k) {
+        const std::size_t t = end_idx[k];
+        if (k < rs.size() && rs[k]) continue;
+        const std::error_code ec = k < rs.size() ? rs[k].error() : make_error_code(errc::internal_error);
+        if (ec == errc::object_already_exists) {
+          tout[t] = fail(ec);  // the reservation is intact: the next put of this size takes it
+          return_reserved(resv_thread, resv_size, std::move(resv[t]));
+        } else if (ec == errc::object_not_found || ec == errc::illegal_client || ec == errc::invalid_write) {
+          again.push_back(t);  // the reservation is gone or refused: nothing was committed
+          stale.push_back(std::move(resv[t].placeholder));
+        } else {
+          tout[t] = fail(ec);  // the master's answer was lost: committed or not, as a put_end would be
+          stale.push_back(std::move(resv[t].placeholder));
+        }
+      }
+      // A reservation the master no longer knows: someone's forced remove_all (or an unmount) most
+      // likely took the others made with it. They are given back rather than each failing a put.
+      if (!again.empty() && engine_index() == resv_thread)
+        if (reserve_pool* pl = find_pool(*reserves[resv_thread], resv_size)) {
+          for (auto& r : pl->ready) stale.push_back(std::move(r.placeholder));
+          pl->ready.clear();
+        }
+      if (!stale.empty()) bg.spawn(give_back(std::move(stale)));
+    } else if (ends.size() == 1) {
       auto r = co_await master->put_end(id, ends[0]);
       if (!r) tout[end_idx[0]] = fail(r.error());
     } else if (!ends.empty()) {
@@ -359,11 +567,30 @@ struct client::impl {
         (void)co_await master->batch_put_revoke(id, std::move(revokes));
       }
     }
+    std::vector<bool> counted(todo.size(), false);
+    if (!again.empty()) {
+      c.reservation_fallbacks.fetch_add(again.size(), std::memory_order_relaxed);
+      std::vector<std::string> akeys;
+      object_set aobjs;
+      for (std::size_t t : again) {
+        akeys.push_back(tkeys[t]);
+        for (auto& p : tobjs.of(t)) aobjs.add(p.p, p.n);
+        aobjs.next();
+      }
+      std::vector<result<void>> aout(again.size(), ok());
+      co_await put_objects(akeys, aobjs, cfg.replica_defaults, false, aout, false);
+      for (std::size_t k = 0; k < again.size(); ++k) {
+        tout[again[k]] = std::move(aout[k]);
+        counted[again[k]] = true;  // by the call above
+      }
+    }
     for (std::size_t t = 0; t < todo.size(); ++t) {
       out[todo[t]] = tout[t];
+      if (counted[t]) continue;
       if (tout[t]) {
         c.puts.fetch_add(1, std::memory_order_relaxed);
         c.put_bytes.fetch_add(tobjs.bytes(t), std::memory_order_relaxed);
+        if (reserved) c.reserved_puts.fetch_add(1, std::memory_order_relaxed);
       } else {
         c.put_failures.fetch_add(1, std::memory_order_relaxed);
       }
@@ -745,6 +972,12 @@ result<std::unique_ptr<client::impl>> build(client_config cfg, master_service* e
       p->caches.push_back(std::make_unique<client::impl::replica_cache>());
   }
 
+  if (c.put_reservation_bytes > 0) {
+    if (c.put_reservation_max_age.count() <= 0) return fail(errc::invalid_params);
+    for (std::size_t i = 0; i < p->eng->reactors().size(); ++i)
+      p->reserves.push_back(std::make_unique<client::impl::reserve_state>());
+  }
+
   if (external) {
     p->master = external;
   } else {
@@ -858,6 +1091,8 @@ client_stats client::stats() const noexcept {
   s.remounts = c.remounts.load();
   s.heartbeat_failures = c.heartbeat_failures.load();
   s.replica_cache_hits = c.cache_hits.load();
+  s.reserved_puts = c.reserved_puts.load();
+  s.reservation_fallbacks = c.reservation_fallbacks.load();
   return s;
 }
 
@@ -1183,6 +1418,8 @@ task<result<std::uint64_t>> client::remove_all(bool force) {
   if (p_->closed.load()) co_return fail(errc::closed);
   auto r = co_await p_->master->remove_all(force);
   p_->drop_cached();
+  // A forced remove_all takes puts in flight too, reservations among them.
+  if (force) p_->reserve_epoch.fetch_add(1, std::memory_order_acq_rel);
   co_return r;
 }
 
@@ -1191,6 +1428,7 @@ task<result<void>> client::close() {
   coro::executor* caller = coro::current_executor();
   p_->hb_stop.request_stop();
   if (p_->hb_running) (void)co_await p_->hb_done.wait();
+  co_await p_->drop_reservations();
   result<void> first = ok();
   for (const segment_info& s : p_->segs) {
     auto r = co_await p_->master->unmount_segment(p_->id, s.name);

@@ -42,6 +42,7 @@ std::string_view to_string(master_op op) noexcept {
     case master_op::remove: return "remove";
     case master_op::batch_remove: return "batch_remove";
     case master_op::remove_all: return "remove_all";
+    case master_op::batch_put_commit: return "batch_put_commit";
     case master_op::count_: break;
   }
   return "unknown";
@@ -970,6 +971,37 @@ struct master_state::impl {
     return ok();
   }
 
+  // A reservation (a first put in flight under a placeholder key) becomes `key`, complete: the
+  // version moves over, replicas and all, and the placeholder's entry goes.
+  result<void> put_commit(const client_id& client, std::string_view placeholder, std::string_view key,
+                          time_point now) {
+    object_entry* pp = objects.find(placeholder);
+    if (pp == nullptr) return fail(errc::object_not_found);
+    if (pp->complete || pp->pending) return fail(errc::invalid_write);
+    if (pp->cur.writer != client) return fail(errc::illegal_client);
+    // Past put_start_timeout the placeholder's memory may have been quarantined and handed out again
+    // after an unmount: the bytes written there are not trusted.
+    if (stale(*pp, cfg, now)) return fail(errc::invalid_write);
+    auto [kp, inserted] = objects.try_emplace(key);
+    if (!inserted) {
+      object_entry& k = *kp;
+      if (&k == pp || k.complete || !stale(k, cfg, now)) return fail(errc::object_already_exists);
+      ++m.preempted_puts;
+      erase_object(k, now, false);
+      kp = objects.try_emplace(key).first;
+    }
+    object_entry& p = *pp;
+    object_entry& o = *kp;
+    o.cur = std::move(p.cur);
+    unlink_flight(p);
+    objects.erase(p);
+    o.complete = true;
+    apply_pins(o, now);
+    group_add(o);
+    touch(o, now);
+    return ok();
+  }
+
   result<replica_list> get(std::string_view key, time_point now) {
     object_entry* op = objects.find(key);
     if (op == nullptr) return fail(errc::object_not_found);
@@ -1142,6 +1174,23 @@ std::vector<result<void>> master_state::batch_put_end_sync(const client_id& clie
     out.push_back(impl_->put_end(client, keys[i], now));
   }
   record_batch(impl_->m, master_op::batch_put_end, out);
+  return out;
+}
+
+std::vector<result<void>> master_state::batch_put_commit_sync(const client_id& client,
+                                                              std::span<const std::string> placeholders,
+                                                              std::span<const std::string> keys) {
+  std::vector<result<void>> out;
+  std::lock_guard lock(impl_->mu);
+  if (placeholders.size() != keys.size()) {
+    out.assign(std::max(placeholders.size(), keys.size()), fail(errc::invalid_params));
+  } else {
+    out.reserve(keys.size());
+    const time_point now = impl_->clock();
+    impl_->maintain(now);
+    for (std::size_t i = 0; i < keys.size(); ++i) out.push_back(impl_->put_commit(client, placeholders[i], keys[i], now));
+  }
+  record_batch(impl_->m, master_op::batch_put_commit, out);
   return out;
 }
 
@@ -1408,6 +1457,10 @@ task<std::vector<result<void>>> master_state::batch_put_end(client_id client, st
 }
 task<std::vector<result<void>>> master_state::batch_put_revoke(client_id client, std::vector<std::string> keys) {
   co_return batch_put_revoke_sync(client, keys);
+}
+task<std::vector<result<void>>> master_state::batch_put_commit(client_id client, std::vector<std::string> placeholders,
+                                                               std::vector<std::string> keys) {
+  co_return batch_put_commit_sync(client, placeholders, keys);
 }
 task<result<replica_list>> master_state::get_replica_list(std::string key) { co_return get_replica_list_sync(key); }
 task<std::vector<result<replica_list>>> master_state::batch_get_replica_list(std::vector<std::string> keys) {

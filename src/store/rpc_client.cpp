@@ -521,6 +521,12 @@ task<std::vector<result<void>>> rpc_master_client::batch_put_revoke(client_id cl
   std::size_t n = keys.size();
   return invoke_batch<op::batch_put_revoke, void>({std::move(client), std::move(keys)}, n);
 }
+task<std::vector<result<void>>> rpc_master_client::batch_put_commit(client_id client,
+                                                                    std::vector<std::string> placeholders,
+                                                                    std::vector<std::string> keys) {
+  std::size_t n = keys.size();
+  return invoke_batch<op::batch_put_commit, void>({std::move(client), std::move(placeholders), std::move(keys)}, n);
+}
 task<result<replica_list>> rpc_master_client::get_replica_list(std::string key) {
   return invoke<op::get_replica_list>({std::move(key)});
 }

@@ -30,6 +30,7 @@ constexpr std::string_view op_names[] = {
     "remove",
     "batch_remove",
     "remove_all",
+    "batch_put_commit",
 };
 static_assert(std::size(op_names) == op_max + 1u);
 
@@ -371,6 +372,17 @@ void get(reader& r, batch_remove_request& v) {
 }
 void put(writer& w, const remove_all_request& v) { w.boolean(v.force); }
 void get(reader& r, remove_all_request& v) { v.force = r.boolean(); }
+void put(writer& w, const batch_put_commit_request& v) {
+  w.str(v.client);
+  put_keys(w, v.placeholders);
+  put_keys(w, v.keys);
+}
+void get(reader& r, batch_put_commit_request& v) {
+  r.str(v.client);
+  get_keys(r, v.placeholders);
+  get_keys(r, v.keys);
+  if (r.ok() && v.keys.size() != v.placeholders.size()) r.set_error(make_error_code(errc::invalid_params));
+}
 
 // --- frames ---
 
@@ -410,6 +422,7 @@ decltype(auto) visit_op(op o, F&& f) {
     case op::remove: return f.template operator()<op::remove>();
     case op::batch_remove: return f.template operator()<op::batch_remove>();
     case op::remove_all: return f.template operator()<op::remove_all>();
+    case op::batch_put_commit: return f.template operator()<op::batch_put_commit>();
   }
   throw std::logic_error("rpc: unknown op");
 }

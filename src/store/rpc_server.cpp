@@ -143,6 +143,8 @@ task<void> call_service(connection& c, std::uint64_t id, rpc::any_request& req) 
     YUTU_RPC_CASE(remove, rpc::remove_request, std::move(b.key), b.force)
     YUTU_RPC_CASE(batch_remove, rpc::batch_remove_request, std::move(b.keys), b.force)
     YUTU_RPC_CASE(remove_all, rpc::remove_all_request, b.force)
+    YUTU_RPC_CASE(batch_put_commit, rpc::batch_put_commit_request, std::move(b.client), std::move(b.placeholders),
+                  std::move(b.keys))
 #undef YUTU_RPC_CASE
   }
 }

@@ -539,6 +539,10 @@ class late_lookups final : public yutu::store::master_service {
   task<std::vector<result<void>>> batch_put_revoke(client_id c, std::vector<std::string> k) override {
     return m_.batch_put_revoke(std::move(c), std::move(k));
   }
+  task<std::vector<result<void>>> batch_put_commit(client_id c, std::vector<std::string> p,
+                                                   std::vector<std::string> k) override {
+    return m_.batch_put_commit(std::move(c), std::move(p), std::move(k));
+  }
   task<result<bool>> exist(std::string k) override { return m_.exist(std::move(k)); }
   task<std::vector<result<bool>>> batch_exist(std::vector<std::string> k) override {
     return m_.batch_exist(std::move(k));
@@ -735,6 +739,156 @@ TEST_CASE("replica cache: a cached replica that fails is dropped and the key loo
   REQUIRE(yutu::sync_wait(m.unmount_segment("node-x", xs.name)));
   CHECK(yutu::sync_wait(get_on_engine(c, "k", dst.p, dst.n)).error() == errc::object_not_found);
   CHECK(look.lookups == 3);
+}
+
+task<result<void>> put_on_engine(client& c, std::string key, std::span<const std::byte> v) {
+  co_await c.engine().schedule();
+  co_return co_await c.put(std::move(key), v);
+}
+
+task<std::vector<result<void>>> batch_put_on_engine(client& c, std::span<const std::string> keys,
+                                                    std::span<const std::span<const std::byte>> vals) {
+  co_await c.engine().schedule();
+  co_return co_await c.batch_put(keys, vals);
+}
+
+TEST_CASE("reserved puts: one master call a put; a refused commit keeps the bytes right; close gives them back") {
+  using yutu::store::master_op;
+  master_state m(quiet_master());
+  auto node = make_client(m, 8 * mib);
+  client_config cc;
+  cc.engine_threads = 1;
+  cc.put_reservation_bytes = 256 * kib;  // four 64 KiB reservations
+  auto cr = client::create(cc, m);
+  REQUIRE(cr);
+  auto& c = **cr;
+  auto v = pattern(64 * kib, 31), w = pattern(64 * kib, 32);
+  auto put = [&](const std::string& k, const std::vector<std::byte>& val) {
+    return yutu::sync_wait(put_on_engine(c, k, val));
+  };
+  auto holds = [&](const std::string& k, const std::vector<std::byte>& val) {
+    auto g = yutu::sync_wait(node->get(k));  // another client, through the master
+    return g && *g == val;
+  };
+
+  // The first put of a size finds no reservation: put_start and put_end, and a refill starts.
+  REQUIRE(put("k0", v));
+  CHECK(c.stats().reserved_puts == 0);
+  const auto starts = m.metrics().requests_of(master_op::put_start);
+  const auto ends = m.metrics().requests_of(master_op::put_end);
+  for (int i = 1; i <= 3; ++i) REQUIRE(put("k" + std::to_string(i), v));
+  CHECK(c.stats().reserved_puts == 3);
+  CHECK(m.metrics().requests_of(master_op::put_start) == starts);
+  CHECK(m.metrics().requests_of(master_op::put_end) == ends);
+  CHECK(m.metrics().requests_of(master_op::batch_put_commit) == 3);
+  for (int i = 0; i <= 3; ++i) CHECK(holds("k" + std::to_string(i), v));
+
+  // A put of an existing key is told so; the reservation it wrote into is used again, and the
+  // existing object keeps its bytes.
+  auto e = put("k1", w);
+  REQUIRE_FALSE(e);
+  CHECK(e.error() == errc::object_already_exists);
+  REQUIRE(put("k4", w));
+  CHECK(c.stats().reserved_puts == 4);
+  CHECK(holds("k1", v));
+  CHECK(holds("k4", w));
+
+  // Off an engine thread there are no reservations.
+  REQUIRE(yutu::sync_wait(c.put("plain", v)));
+  CHECK(c.stats().reserved_puts == 4);
+  // Nor for another replication, or an object larger than put_reservation_max_object.
+  REQUIRE(yutu::sync_wait([&]() -> task<result<void>> {
+    co_await c.engine().schedule();
+    co_return co_await c.put("pinned", v, [] {
+      replicate_config rc;
+      rc.with_soft_pin = true;
+      return rc;
+    }());
+  }()));
+  CHECK(c.stats().reserved_puts == 4);
+
+  // Another client's forced remove_all takes every reservation with it: the next put is refused at
+  // commit and put again the ordinary way, with its own bytes.
+  REQUIRE(yutu::sync_wait(node->remove_all(true)));
+  REQUIRE(put("k5", w));
+  CHECK(c.stats().reservation_fallbacks == 1);
+  CHECK(holds("k5", w));
+  for (int i = 6; i <= 8; ++i) REQUIRE(put("k" + std::to_string(i), v));
+  CHECK(c.stats().reserved_puts >= 6);
+  for (int i = 6; i <= 8; ++i) CHECK(holds("k" + std::to_string(i), v));
+
+  // A batch takes reservations for all its keys.
+  const std::vector<std::string> keys{"b0", "b1"};
+  const std::vector<std::span<const std::byte>> vals{v, w};
+  const auto reserved = c.stats().reserved_puts;
+  auto rs = yutu::sync_wait(batch_put_on_engine(c, keys, vals));
+  REQUIRE(rs.size() == 2);
+  CHECK(rs[0]);
+  CHECK(rs[1]);
+  CHECK(c.stats().reserved_puts == reserved + 2);
+  CHECK(holds("b0", v));
+  CHECK(holds("b1", w));
+
+  // This client's own forced remove_all drops its reservations at once: no put is refused for it.
+  REQUIRE(yutu::sync_wait(c.remove_all(true)));
+  const auto fallbacks = c.stats().reservation_fallbacks;
+  for (int i = 0; i < 3; ++i) REQUIRE(put("r" + std::to_string(i), w));
+  CHECK(c.stats().reservation_fallbacks == fallbacks);
+  for (int i = 0; i < 3; ++i) CHECK(holds("r" + std::to_string(i), w));
+
+  // Closing gives back what it still holds: the master keeps only the objects.
+  REQUIRE(yutu::sync_wait(c.close()));
+  CHECK(m.metrics().key_count == 3);  // r0..r2
+  CHECK(c.stats().put_failures == 1);  // k1's second put
+}
+
+TEST_CASE("reserved puts through a remote master: the placeholder and the commit travel over RPC") {
+  yutu::store::embedded_config ec;
+  ec.memory = 8 * mib;
+  auto s = yutu::store::embedded::create(ec);
+  REQUIRE(s);
+  client_config rc;
+  rc.master = (*s)->master_address();
+  rc.metadata = (*s)->metadata();
+  rc.engine_threads = 1;
+  rc.put_reservation_bytes = 1 * mib;
+  auto c = client::create(rc);
+  REQUIRE(c);
+  std::vector<std::vector<std::byte>> vals;
+  for (unsigned i = 0; i < 40; ++i) vals.push_back(pattern(100 * kib, 50 + i));
+  for (unsigned i = 0; i < 40; ++i) REQUIRE(yutu::sync_wait(put_on_engine(**c, "o" + std::to_string(i), vals[i])));
+  // The refills ran in the background: most puts after the first found one ready.
+  CHECK((*c)->stats().reserved_puts >= 20);
+  for (unsigned i = 0; i < 40; ++i) CHECK(yutu::sync_wait((*c)->get("o" + std::to_string(i))).value() == vals[i]);
+  REQUIRE(yutu::sync_wait((*c)->close()));
+  CHECK((*s)->master().metrics().key_count == 40);
+  c->reset();
+}
+
+TEST_CASE("reserved puts: reservations past their age are given back, not written") {
+  master_state m(quiet_master());
+  auto node = make_client(m, 8 * mib);
+  client_config cc;
+  cc.engine_threads = 1;
+  cc.put_reservation_bytes = 128 * kib;
+  cc.put_reservation_max_age = 100ms;
+  auto cr = client::create(cc, m);
+  REQUIRE(cr);
+  auto& c = **cr;
+  auto v = pattern(32 * kib, 41);
+  REQUIRE(yutu::sync_wait(put_on_engine(c, "a", v)));
+  REQUIRE(yutu::sync_wait(put_on_engine(c, "b", v)));
+  CHECK(c.stats().reserved_puts == 1);
+  const auto held = m.metrics().key_count;  // a, b and the reservations
+  CHECK(held > 2);
+  std::this_thread::sleep_for(150ms);
+  REQUIRE(yutu::sync_wait(put_on_engine(c, "c", v)));
+  CHECK(c.stats().reserved_puts == 1);  // the old ones were given back; c took the two calls
+  CHECK(yutu::sync_wait(node->get("c")).value() == v);
+  REQUIRE(yutu::sync_wait(put_on_engine(c, "d", v)));  // from the refill c started
+  CHECK(c.stats().reserved_puts == 2);
+  REQUIRE(yutu::sync_wait(c.close()));
+  CHECK(m.metrics().key_count == 4);
 }
 
 TEST_CASE("embedded mode: master, metadata and RPC servers, a storage node; clients in and out of process") {

@@ -77,6 +77,11 @@ class fake_master final : public store::master_service {
     for (auto& k : keys) out.push_back(revoke_locked(k));
     co_return out;
   }
+  // Reserved puts are not modelled here: the client falls back to an ordinary put.
+  task<std::vector<result<void>>> batch_put_commit(store::client_id, std::vector<std::string>,
+                                                   std::vector<std::string> keys) override {
+    co_return std::vector<result<void>>(keys.size(), fail(errc::invalid_write));
+  }
   task<result<store::replica_list>> get_replica_list(std::string key) override {
     std::lock_guard lk(mu_);
     co_return list_locked(key);

@@ -853,3 +853,71 @@ TEST_CASE("the coroutine interface completes synchronously through master_servic
   CHECK(*yutu::sync_wait(s.remove_all(false)) == 0);
   CHECK(yutu::sync_wait(s.unmount_segment("c1", "s1")).has_value());
 }
+
+TEST_CASE("batch_put_commit: a reservation becomes its key with its replicas; refusals leave it usable") {
+  fixture f;
+  auto& m = *f.m;
+  REQUIRE(m.mount_segment_sync("c1", seg("s1", "h1", mib)).has_value());
+  auto r1 = m.put_start_sync("c1", "\x7fr/1", 4 * kib, replicas(1));
+  auto r2 = m.put_start_sync("c1", "\x7fr/2", 4 * kib, replicas(1));
+  REQUIRE(r1.has_value());
+  REQUIRE(r2.has_value());
+  f.put("taken", 4 * kib);
+  const auto used = f.allocated();
+
+  // Mismatched lists: nothing happens.
+  auto bad = m.batch_put_commit_sync("c1", std::vector<std::string>{"\x7fr/1"}, std::vector<std::string>{"a", "b"});
+  REQUIRE(bad.size() == 2);
+  for (const auto& r : bad) CHECK(r.error() == code(errc::invalid_params));
+
+  auto c = m.batch_put_commit_sync("c1", std::vector<std::string>{"\x7fr/1", "\x7fr/2", "nope", "taken"},
+                                   std::vector<std::string>{"a", "taken", "b", "c"});
+  REQUIRE(c.size() == 4);
+  CHECK(c[0].has_value());
+  CHECK(c[1].error() == code(errc::object_already_exists));  // "taken" exists: r/2 stays reserved
+  CHECK(c[2].error() == code(errc::object_not_found));
+  CHECK(c[3].error() == code(errc::invalid_write));  // a complete object is no reservation
+  // "a" is readable where r/1 was allocated, and r/1 is gone; nothing was allocated or freed.
+  auto g = m.get_replica_list_sync("a");
+  REQUIRE(g.has_value());
+  CHECK(g->size == 4 * kib);
+  REQUIRE(g->replicas.size() == 1);
+  CHECK(g->replicas[0].addr == (*r1)[0].addr);
+  CHECK_FALSE(f.has("\x7fr/1"));
+  CHECK(f.allocated() == used);
+  // Another client cannot commit this client's reservation; this client still can.
+  CHECK(m.batch_put_commit_sync("c2", std::vector<std::string>{"\x7fr/2"}, std::vector<std::string>{"d"})[0].error() ==
+        code(errc::illegal_client));
+  CHECK(m.batch_put_commit_sync("c1", std::vector<std::string>{"\x7fr/2"}, std::vector<std::string>{"d"})[0].has_value());
+  CHECK(m.get_replica_list_sync("d")->replicas[0].addr == (*r2)[0].addr);
+  // A committed object is an object like any other: it can be removed (once its lease ends) and its
+  // memory is freed.
+  f.clock.advance(m.config().default_kv_lease_ttl + 1s);
+  REQUIRE(m.remove_sync("a").has_value());
+  CHECK(f.allocated() < used);
+
+  // Past put_start_timeout a reservation's memory may have been handed out again: refused.
+  auto r3 = m.put_start_sync("c1", "\x7fr/3", 4 * kib, replicas(1));
+  REQUIRE(r3.has_value());
+  f.clock.advance(m.config().put_start_timeout);
+  CHECK(m.batch_put_commit_sync("c1", std::vector<std::string>{"\x7fr/3"}, std::vector<std::string>{"e"})[0].error() ==
+        code(errc::invalid_write));
+  CHECK_FALSE(f.has("e"));
+  // A stale put in flight of the key itself is pre-empted, as put_start does.
+  REQUIRE(m.put_start_sync("c2", "f", 4 * kib, replicas(1)).has_value());
+  auto r4 = m.put_start_sync("c1", "\x7fr/4", 4 * kib, replicas(1));
+  REQUIRE(r4.has_value());
+  CHECK(m.batch_put_commit_sync("c1", std::vector<std::string>{"\x7fr/4"}, std::vector<std::string>{"f"})[0].error() ==
+        code(errc::object_already_exists));
+  f.clock.advance(m.config().put_start_timeout / 2 + 1s);
+  auto r5 = m.put_start_sync("c1", "\x7fr/5", 4 * kib, replicas(1));
+  REQUIRE(r5.has_value());
+  f.clock.advance(m.config().put_start_timeout / 2);
+  CHECK(m.batch_put_commit_sync("c1", std::vector<std::string>{"\x7fr/5"}, std::vector<std::string>{"f"})[0].has_value());
+  CHECK(m.get_replica_list_sync("f")->replicas[0].addr == (*r5)[0].addr);
+
+  const auto mt = m.metrics();
+  CHECK(mt.requests_of(master_op::batch_put_commit) == 7);
+  CHECK(mt.items[static_cast<std::size_t>(master_op::batch_put_commit)] == 11);
+  CHECK(mt.preempted_puts == 1);
+}

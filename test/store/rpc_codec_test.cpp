@@ -197,6 +197,13 @@ TEST_CASE("every request round-trips") {
     CHECK(r.client == "c");
     CHECK(r.keys == in.keys);
   }
+  {
+    rpc::batch_put_commit_request in{"c", {"\x7fr/1", "\x7fr/2"}, {"x", "y"}};
+    auto r = request_round_trip<op::batch_put_commit>(in);
+    CHECK(r.client == "c");
+    CHECK(r.placeholders == in.placeholders);
+    CHECK(r.keys == in.keys);
+  }
   CHECK(request_round_trip<op::get_replica_list>({"k1"}).key == "k1");
   CHECK(request_round_trip<op::exist>({"k2"}).key == "k2");
   CHECK(request_round_trip<op::get_size>({"k3"}).key == "k3");
@@ -259,11 +266,12 @@ TEST_CASE("every response round-trips, errors of every category included") {
     REQUIRE((*r)[2]);
     CHECK((*r)[2]->empty());
   }
-  for (op o : {op::batch_put_end, op::batch_put_revoke, op::batch_remove}) {
+  for (op o : {op::batch_put_end, op::batch_put_revoke, op::batch_remove, op::batch_put_commit}) {
     std::vector<result<void>> in{ok(), fail(errc::object_not_found), ok()};
     auto r = o == op::batch_put_end      ? response_round_trip<op::batch_put_end>(in)
              : o == op::batch_put_revoke ? response_round_trip<op::batch_put_revoke>(in)
-                                         : response_round_trip<op::batch_remove>(in);
+             : o == op::batch_remove     ? response_round_trip<op::batch_remove>(in)
+                                         : response_round_trip<op::batch_put_commit>(in);
     REQUIRE(r);
     REQUIRE(r->size() == 3);
     CHECK((*r)[0]);
@@ -327,6 +335,7 @@ TEST_CASE("truncated payloads and trailing bytes are protocol errors") {
   check_truncations<op::batch_put_start>({"c", {"a", "b"}, {1, 2}, sample_config()});
   check_truncations<op::batch_remove>({{"a", "b"}, true});
   check_truncations<op::remove_all>({false});
+  check_truncations<op::batch_put_commit>({"c", {"p1", "p2"}, {"a", "b"}});
   // Responses too.
   std::string payload;
   rpc::writer w(payload);
@@ -357,6 +366,10 @@ TEST_CASE("fields over the configured maxima are typed errors") {
   CHECK(decode(op::ping, rpc::ping_request{std::string(17, 'c')}).error() == errc::invalid_params);
   CHECK(decode(op::batch_put_start, rpc::batch_put_start_request{"c", {"a", "b"}, {1}, {}}).error() ==
         errc::invalid_params);
+  CHECK(decode(op::batch_put_commit, rpc::batch_put_commit_request{"c", {"a", "b"}, {"x"}}).error() ==
+        errc::invalid_params);
+  CHECK(decode(op::batch_put_commit, rpc::batch_put_commit_request{"c", {"a"}, {"123456789"}}).error() ==
+        errc::invalid_key);
 
   // A vector count beyond what the payload can hold is malformed, whatever the batch limit.
   std::string payload;

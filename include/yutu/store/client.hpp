@@ -89,6 +89,19 @@ struct client_config {
   std::chrono::milliseconds replica_cache_max_age{0};
   // Entries per engine thread; a full cache starts again empty.
   std::size_t replica_cache_entries = 65536;
+  // Reserved puts (0 = off): each engine thread keeps, per object size (at most 4 sizes), up to this
+  // many bytes of replicas allocated ahead of need, each a put the master started under a placeholder
+  // key with replica_defaults. A put of that size with replica_defaults, called on an engine thread,
+  // writes into one and commits it under its key (master batch_put_commit): one master round trip
+  // instead of two, and no allocation at the master on the put's path. A batch takes reservations
+  // for all its keys or for none. Reservations are refilled in the background when half are used,
+  // given back after put_reservation_max_age, and revoked by close(). Reserved memory counts as
+  // used at the master: it is not evicted and not given to other clients while held.
+  std::uint64_t put_reservation_bytes = 0;
+  std::uint64_t put_reservation_max_object = 4ull << 20;  // larger objects take the two round trips
+  // Keep below the master's put_start_timeout (30 s by default): past it, the master refuses to
+  // commit a reservation, and the put falls back to put_start / put_end.
+  std::chrono::milliseconds put_reservation_max_age{10'000};
   // This client's id at the master; empty: a random one.
   std::string client_id;
 };
@@ -102,6 +115,8 @@ struct client_stats {
   std::uint64_t remounts = 0;   // segments mounted again after the master forgot them
   std::uint64_t heartbeat_failures = 0;
   std::uint64_t replica_cache_hits = 0;  // keys read with a cached replica list (no master call)
+  std::uint64_t reserved_puts = 0;       // puts committed into a reservation (one master round trip)
+  std::uint64_t reservation_fallbacks = 0;  // reservations the master refused at commit: put again
 };
 
 class client {

@@ -43,6 +43,14 @@ class master_service {
       client_id client, std::vector<std::string> keys, std::vector<std::uint64_t> sizes, replicate_config cfg) = 0;
   virtual task<std::vector<result<void>>> batch_put_end(client_id client, std::vector<std::string> keys) = 0;
   virtual task<std::vector<result<void>>> batch_put_revoke(client_id client, std::vector<std::string> keys) = 0;
+  // Reserved puts: placeholders[i] is a put this client started (put_start under a placeholder key,
+  // ahead of need) and has written since; it becomes keys[i], complete, in one step. A client that
+  // holds such reservations allocates locally and pays one round trip per put instead of two.
+  // Per key: object_already_exists when keys[i] exists (the placeholder stays, reusable),
+  // object_not_found / illegal_client / invalid_write when the placeholder is gone, not this
+  // client's, not a first put in flight or older than put_start_timeout (the caller puts again).
+  virtual task<std::vector<result<void>>> batch_put_commit(client_id client, std::vector<std::string> placeholders,
+                                                           std::vector<std::string> keys) = 0;
 
   virtual task<result<replica_list>> get_replica_list(std::string key) = 0;
   virtual task<std::vector<result<replica_list>>> batch_get_replica_list(std::vector<std::string> keys) = 0;

@@ -107,6 +107,7 @@ enum class master_op : std::uint8_t {
   remove,
   batch_remove,
   remove_all,
+  batch_put_commit,
   count_
 };
 inline constexpr std::size_t master_op_count = static_cast<std::size_t>(master_op::count_);
@@ -162,6 +163,8 @@ class master_state final : public master_service {
                                                                      replicate_config cfg) override;
   task<std::vector<result<void>>> batch_put_end(client_id client, std::vector<std::string> keys) override;
   task<std::vector<result<void>>> batch_put_revoke(client_id client, std::vector<std::string> keys) override;
+  task<std::vector<result<void>>> batch_put_commit(client_id client, std::vector<std::string> placeholders,
+                                                   std::vector<std::string> keys) override;
   task<result<replica_list>> get_replica_list(std::string key) override;
   task<std::vector<result<replica_list>>> batch_get_replica_list(std::vector<std::string> keys) override;
   task<result<match_result>> match_prefix(std::vector<std::string> keys) override;
@@ -195,6 +198,9 @@ class master_state final : public master_service {
                                                                       const replicate_config& cfg);
   std::vector<result<void>> batch_put_end_sync(const client_id& client, std::span<const std::string> keys);
   std::vector<result<void>> batch_put_revoke_sync(const client_id& client, std::span<const std::string> keys);
+  // invalid_params for every key when the spans differ in length.
+  std::vector<result<void>> batch_put_commit_sync(const client_id& client, std::span<const std::string> placeholders,
+                                                  std::span<const std::string> keys);
   // Complete replicas only; takes (or extends) a lease of default_kv_lease_ttl.
   result<replica_list> get_replica_list_sync(std::string_view key);
   std::vector<result<replica_list>> batch_get_replica_list_sync(std::span<const std::string> keys);

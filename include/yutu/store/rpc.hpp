@@ -65,8 +65,9 @@ enum class op : std::uint8_t {
   remove = 17,
   batch_remove = 18,
   remove_all = 19,
+  batch_put_commit = 20,
 };
-inline constexpr std::uint8_t op_max = 19;
+inline constexpr std::uint8_t op_max = 20;
 inline constexpr std::uint16_t response_bit = 0x100;
 inline constexpr std::uint16_t error_type = 0x1FF;
 
@@ -229,6 +230,11 @@ struct client_keys_request {  // batch_put_end, batch_put_revoke
   client_id client;
   std::vector<std::string> keys;
 };
+struct batch_put_commit_request {
+  client_id client;
+  std::vector<std::string> placeholders;
+  std::vector<std::string> keys;  // as many as placeholders (checked by the decoder)
+};
 struct key_request {  // get_replica_list, exist, get_size
   std::string key;
 };
@@ -276,6 +282,7 @@ YUTU_RPC_OP(get_size, key_request, std::uint64_t)
 YUTU_RPC_OP(remove, remove_request, void)
 YUTU_RPC_OP(batch_remove, batch_remove_request, std::vector<result<void>>)
 YUTU_RPC_OP(remove_all, remove_all_request, std::uint64_t)
+YUTU_RPC_OP(batch_put_commit, batch_put_commit_request, std::vector<result<void>>)
 #undef YUTU_RPC_OP
 
 template <op O>
@@ -288,7 +295,7 @@ struct any_request {
   op kind{};
   std::variant<mount_segment_request, unmount_segment_request, ping_request, put_start_request, client_key_request,
                batch_put_start_request, client_keys_request, key_request, keys_request, remove_request,
-               batch_remove_request, remove_all_request>
+               batch_remove_request, remove_all_request, batch_put_commit_request>
       body;
 };
 
@@ -409,6 +416,8 @@ void put(writer& w, const batch_remove_request& v);
 void get(reader& r, batch_remove_request& v);
 void put(writer& w, const remove_all_request& v);
 void get(reader& r, remove_all_request& v);
+void put(writer& w, const batch_put_commit_request& v);
+void get(reader& r, batch_put_commit_request& v);
 
 // --- whole frames ---
 

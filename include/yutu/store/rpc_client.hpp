@@ -82,6 +82,8 @@ class rpc_master_client final : public master_service {
                                                                      replicate_config cfg) override;
   task<std::vector<result<void>>> batch_put_end(client_id client, std::vector<std::string> keys) override;
   task<std::vector<result<void>>> batch_put_revoke(client_id client, std::vector<std::string> keys) override;
+  task<std::vector<result<void>>> batch_put_commit(client_id client, std::vector<std::string> placeholders,
+                                                   std::vector<std::string> keys) override;
 
   task<result<replica_list>> get_replica_list(std::string key) override;
   task<std::vector<result<replica_list>>> batch_get_replica_list(std::vector<std::string> keys) override;

@@ -35,6 +35,8 @@ struct replicate_config {
   bool prefer_local = false;                    // local_first: the writer's host first
   std::string local_host;                       // the writer's host, for prefer_local
   std::string group_id;                         // objects evicted together
+
+  bool operator==(const replicate_config&) const = default;
 };
 
 enum class replica_status : std::uint8_t { processing, complete };
