@@ -327,6 +327,26 @@ struct client::impl {
     if (!back.empty()) co_await give_back(std::move(back));
   }
 
+  // One per engine thread while reservations are on: gives back reservations past their age even
+  // when no put of their size comes to notice it, so that memory a finished workload reserved goes
+  // back to the pool within put_reservation_max_age instead of at close().
+  task<void> sweep(std::size_t ti) {
+    co_await eng->reactors().at(ti).schedule();
+    const auto period = std::min<std::chrono::milliseconds>(cfg.put_reservation_max_age / 2, std::chrono::seconds(1));
+    for (;;) {
+      auto slept = co_await io::sleep_for(std::max(period, std::chrono::milliseconds(1)));
+      if (!slept || closed.load()) break;
+      const auto now = std::chrono::steady_clock::now();
+      std::vector<std::string> expired;
+      for (auto& pl : reserves[ti]->pools)
+        while (!pl.ready.empty() && now - pl.ready.front().t0 >= cfg.put_reservation_max_age) {
+          expired.push_back(std::move(pl.ready.front().placeholder));
+          pl.ready.pop_front();
+        }
+      if (!expired.empty()) co_await give_back(std::move(expired));
+    }
+  }
+
   task<void> give_back(std::vector<std::string> placeholders) {
     auto rs = co_await master->batch_put_revoke(id, placeholders);
     for (std::size_t k = 0; k < rs.size(); ++k)
@@ -1043,6 +1063,7 @@ result<std::unique_ptr<client::impl>> build(client_config cfg, master_service* e
   }
   p->hb_running = true;
   p->pool->spawn(0, p->heartbeat().with_stop_token(p->hb_stop.get_token()));
+  for (std::size_t i = 0; i < p->reserves.size(); ++i) p->bg.spawn(p->sweep(i));
   log::info("store client {} up: engine {}, {} bytes contributed in {} segment(s)", p->id, p->eng->segment_name(),
             c.global_segment_size, p->segs.size());
   return p;
