@@ -90,7 +90,7 @@ struct client_config {
   // Entries per engine thread; a full cache starts again empty.
   std::size_t replica_cache_entries = 65536;
   // Reserved puts (0 = off): each engine thread keeps, per object size (at most 4 sizes), up to this
-  // many bytes of replicas allocated ahead of need, each a put the master started under a placeholder
+  // many bytes (and at most 256 objects) of replicas allocated ahead of need, each a put the master started under a placeholder
   // key with replica_defaults. A put of that size with replica_defaults, called on an engine thread,
   // writes into one and commits it under its key (master batch_put_commit): one master round trip
   // instead of two, and no allocation at the master on the put's path. A batch takes reservations
