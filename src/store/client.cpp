@@ -74,6 +74,16 @@ struct object_set {
   }
 };
 
+// Appends the keys and objects at `idx`, in that order: the part of a batch that takes another path.
+void select(std::span<const std::string> keys, const object_set& objs, std::span<const std::size_t> idx,
+            std::vector<std::string>& out_keys, object_set& out_objs) {
+  for (std::size_t i : idx) {
+    out_keys.push_back(keys[i]);
+    for (const io_part& p : objs.of(i)) out_objs.add(p.p, p.n);
+    out_objs.next();
+  }
+}
+
 // Calls f(piece, offset in the object) for each part of `parts` that the first `size` bytes of an
 // object fill: how an object read lays out over a caller's buffers.
 template <class F>
@@ -482,11 +492,7 @@ struct client::impl {
     if (todo.empty()) co_return;
     std::vector<std::string> tkeys;
     object_set tobjs;
-    for (std::size_t i : todo) {
-      tkeys.push_back(keys[i]);
-      for (auto& p : objs.of(i)) tobjs.add(p.p, p.n);
-      tobjs.next();
-    }
+    select(keys, objs, todo, tkeys, tobjs);
     // Reservations for every key of the batch (one size, the default replication), or for none.
     std::vector<reservation> resv;
     std::size_t resv_thread = npos;
@@ -596,11 +602,7 @@ struct client::impl {
       c.reservation_fallbacks.fetch_add(again.size(), std::memory_order_relaxed);
       std::vector<std::string> akeys;
       object_set aobjs;
-      for (std::size_t t : again) {
-        akeys.push_back(tkeys[t]);
-        for (auto& p : tobjs.of(t)) aobjs.add(p.p, p.n);
-        aobjs.next();
-      }
+      select(tkeys, tobjs, again, akeys, aobjs);
       std::vector<result<void>> aout(again.size(), ok());
       co_await put_objects(akeys, aobjs, cfg.replica_defaults, false, aout, false);
       for (std::size_t k = 0; k < again.size(); ++k) {
@@ -863,11 +865,7 @@ struct client::impl {
     std::vector<std::string> rkeys;
     object_set robjs;
     std::vector<result<std::uint64_t>> rout(again.size(), std::uint64_t{0});
-    for (std::size_t i : again) {
-      rkeys.push_back(keys[i]);
-      for (auto& p : objs.of(i)) robjs.add(p.p, p.n);
-      robjs.next();
-    }
+    select(keys, objs, again, rkeys, robjs);
     const auto t1 = std::chrono::steady_clock::now();
     auto rlists = co_await lookup(rkeys);
     co_await read_objects(rlists, robjs, rout, t1);

@@ -842,15 +842,21 @@ TEST_CASE("reserved puts: one master call a put; a refused commit keeps the byte
   CHECK(c.stats().put_failures == 1);  // k1's second put
 }
 
+// A client of the embedded store's master over RPC, with one engine thread.
+client_config remote_config(yutu::store::embedded& s) {
+  client_config rc;
+  rc.master = s.master_address();
+  rc.metadata = s.metadata();
+  rc.engine_threads = 1;
+  return rc;
+}
+
 TEST_CASE("reserved puts through a remote master: the placeholder and the commit travel over RPC") {
   yutu::store::embedded_config ec;
   ec.memory = 8 * mib;
   auto s = yutu::store::embedded::create(ec);
   REQUIRE(s);
-  client_config rc;
-  rc.master = (*s)->master_address();
-  rc.metadata = (*s)->metadata();
-  rc.engine_threads = 1;
+  client_config rc = remote_config(**s);
   rc.put_reservation_bytes = 1 * mib;
   auto c = client::create(rc);
   REQUIRE(c);
@@ -943,10 +949,7 @@ TEST_CASE("a caller on an engine thread reaches a remote master without a thread
   ec.memory = 4 * mib;
   auto s = yutu::store::embedded::create(ec);
   REQUIRE(s);
-  client_config rc;
-  rc.master = (*s)->master_address();
-  rc.metadata = (*s)->metadata();
-  rc.engine_threads = 1;
+  client_config rc = remote_config(**s);
   rc.heartbeat_interval = std::chrono::hours(1);  // nothing else posts to the engine thread
   auto c = client::create(rc);
   REQUIRE(c);
