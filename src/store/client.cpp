@@ -539,6 +539,7 @@ struct client::impl {
 
     std::vector<std::string> ends, revokes;
     std::vector<std::size_t> end_idx;
+    std::vector<std::size_t> again;  // reserved puts to do again the ordinary way
     for (std::size_t t = 0; t < todo.size(); ++t) {
       if (!reserved && !starts[t]) continue;
       if (tout[t]) {
@@ -549,14 +550,16 @@ struct client::impl {
         end_idx.push_back(t);
       } else {
         revokes.push_back(reserved ? resv[t].placeholder : tkeys[t]);
+        // A reservation's node failed the write (gone, most likely): the object goes where the
+        // master places it now, as a put that had started now would have.
+        if (reserved) again.push_back(t);
       }
     }
-    std::vector<std::size_t> again;  // commits the master refused: put again, without a reservation
+    std::vector<std::string> stale;  // reservations to give back
     if (reserved && !ends.empty()) {
       std::vector<std::string> placeholders;
       for (std::size_t t : end_idx) placeholders.push_back(resv[t].placeholder);
       auto rs = co_await master->batch_put_commit(id, std::move(placeholders), std::move(ends));
-      std::vector<std::string> stale;
       for (std::size_t k = 0; k < end_idx.size(); ++k) {
         const std::size_t t = end_idx[k];
         if (k < rs.size() && rs[k]) continue;
@@ -572,14 +575,6 @@ struct client::impl {
           stale.push_back(std::move(resv[t].placeholder));
         }
       }
-      // A reservation the master no longer knows: someone's forced remove_all (or an unmount) most
-      // likely took the others made with it. They are given back rather than each failing a put.
-      if (!again.empty() && engine_index() == resv_thread)
-        if (reserve_pool* pl = find_pool(*reserves[resv_thread], resv_size)) {
-          for (auto& r : pl->ready) stale.push_back(std::move(r.placeholder));
-          pl->ready.clear();
-        }
-      if (!stale.empty()) bg.spawn(give_back(std::move(stale)));
     } else if (ends.size() == 1) {
       auto r = co_await master->put_end(id, ends[0]);
       if (!r) tout[end_idx[0]] = fail(r.error());
@@ -588,6 +583,15 @@ struct client::impl {
       for (std::size_t k = 0; k < end_idx.size(); ++k)
         if (k >= rs.size() || !rs[k]) tout[end_idx[k]] = fail(k < rs.size() ? rs[k].error() : make_error_code(errc::internal_error));
     }
+    // A reservation the master no longer knows (someone's forced remove_all, an unmount) or whose
+    // node failed: the others of that size on this thread most likely went the same way. They are
+    // given back rather than each failing once.
+    if (!again.empty() && engine_index() == resv_thread)
+      if (reserve_pool* pl = find_pool(*reserves[resv_thread], resv_size)) {
+        for (auto& r : pl->ready) stale.push_back(std::move(r.placeholder));
+        pl->ready.clear();
+      }
+    if (!stale.empty()) bg.spawn(give_back(std::move(stale)));
     if (!revokes.empty()) {
       c.revokes.fetch_add(revokes.size(), std::memory_order_relaxed);
       for (auto& k : revokes) log::info("store client {}: put of {} failed; revoking", id, k);

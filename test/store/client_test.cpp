@@ -871,6 +871,33 @@ TEST_CASE("reserved puts through a remote master: the placeholder and the commit
   c->reset();
 }
 
+TEST_CASE("reserved puts: a reservation on a node that died is put again where the master places it") {
+  master_state m(quiet_master());
+  auto node = make_client(m, 8 * mib, {"tcp"});
+  auto [x, xs] = mount_bare_node(m, 8 * mib);
+  client_config cc;
+  cc.engine_threads = 1;
+  cc.transports = {"tcp"};  // a dead process is a refused connection
+  cc.transfer_deadline = 5s;
+  cc.put_reservation_bytes = 16 * 64 * kib;
+  auto cr = client::create(cc, m);
+  REQUIRE(cr);
+  auto& c = **cr;
+  auto v = pattern(64 * kib, 61);
+  REQUIRE(yutu::sync_wait(put_on_engine(c, "w0", v)));  // and 16 reservations over both nodes
+  // Node x dies; the master forgets it (as its expiry would) and with it the placeholders there.
+  x.reset();
+  REQUIRE(yutu::sync_wait(m.unmount_segment("node-x", xs.name)));
+  for (int i = 1; i <= 16; ++i) {
+    const std::string k = "p" + std::to_string(i);
+    REQUIRE(yutu::sync_wait(put_on_engine(c, k, v)));
+    CHECK(yutu::sync_wait(node->get(k)).value() == v);
+  }
+  CHECK(c.stats().reservation_fallbacks >= 1);
+  CHECK(c.stats().reserved_puts >= 1);  // the ones on the live node, or those refilled after
+  CHECK(c.stats().put_failures == 0);
+}
+
 TEST_CASE("reserved puts: reservations past their age are given back, not written") {
   master_state m(quiet_master());
   auto node = make_client(m, 8 * mib);

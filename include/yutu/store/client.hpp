@@ -12,7 +12,8 @@
 //    buffer_overflow when a destination is smaller than the object (nothing is written);
 //    object_already_exists on a put of an existing key (upsert replaces).
 //  - put is all-or-nothing: put_start -> every replica written concurrently -> put_end; a failed
-//    write revokes the put and returns the transfer's error.
+//    write revokes the put and returns the transfer's error (a reserved put, see
+//    put_reservation_bytes, is first done again the ordinary way).
 //  - get reads the best replica (this process, then this host, then others) and, on a transfer
 //    error, the next one, before failing; a read that outlived its lease fails with lease_expired
 //    (the memory may have been reused under it).
@@ -116,7 +117,8 @@ struct client_stats {
   std::uint64_t heartbeat_failures = 0;
   std::uint64_t replica_cache_hits = 0;  // keys read with a cached replica list (no master call)
   std::uint64_t reserved_puts = 0;       // puts committed into a reservation (one master round trip)
-  std::uint64_t reservation_fallbacks = 0;  // reservations the master refused at commit: put again
+  // Reserved puts done again the ordinary way: the master refused the commit, or the write failed.
+  std::uint64_t reservation_fallbacks = 0;
 };
 
 class client {
