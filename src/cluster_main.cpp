@@ -65,7 +65,7 @@ constexpr const char* usage =
     "                         are content hashes, written once)\n"
     "  --put-reservation SIZE replicas each client thread keeps allocated ahead, per block size\n"
     "                         (client_config::put_reservation_bytes; 0 = off): a put of missed\n"
-    "                         blocks then takes one master round trip instead of two (default 0)\n"
+    "                         blocks then takes one master round trip instead of two (default 32MiB)\n"
     "  --transports LIST      client transports, e.g. tcp (default: local,shm,tcp)\n"
     "  --trace FILE           a Mooncake trace (.jsonl); default: conversation_trace.jsonl from\n"
     "                         $YUTU_TRACES, ../shared/traces, or next to the repository\n"
@@ -85,7 +85,7 @@ struct options {
   std::size_t concurrency = 8;
   std::size_t threads = 2;
   std::size_t replica_cache_ms = 2000;
-  std::uint64_t put_reservation = 0;
+  std::uint64_t put_reservation = 32ull << 20;
   std::vector<std::string> transports;
   std::string trace;
   bool synthetic = false;
