@@ -48,8 +48,8 @@ result<engine_config> engine_config::from_json(std::string_view text) {
   // A misspelt key would otherwise be ignored and its default used without a word.
   static const std::set<std::string, std::less<>> keys = {
       "local_segment_name", "metadata", "listen_host", "listen_port", "threads", "transports",
-      "tcp_connections_per_peer", "tcp_slice_size", "max_slice_size", "batch_deadline_ms", "connect_timeout_ms",
-      "descriptor_lease_ms", "max_batch_size", "rdma"};
+      "tcp_connections_per_peer", "tcp_slice_size", "max_slice_size", "nontemporal_write_threshold",
+      "batch_deadline_ms", "connect_timeout_ms", "descriptor_lease_ms", "max_batch_size", "rdma"};
   static const std::set<std::string, std::less<>> rdma_keys = {
       "devices", "slice_size", "qps_per_endpoint", "max_send_wr", "wrs_per_post", "max_endpoints", "priority_matrix",
       "gid_index", "port", "max_mr_size", "busy_poll", "op_timeout_ms", "max_retries"};
@@ -83,6 +83,7 @@ result<engine_config> engine_config::from_json(std::string_view text) {
     c.tcp_connections_per_peer = j.value("tcp_connections_per_peer", c.tcp_connections_per_peer);
     c.tcp_slice_size = j.value("tcp_slice_size", c.tcp_slice_size);
     c.max_slice_size = j.value("max_slice_size", c.max_slice_size);
+    c.nontemporal_write_threshold = j.value("nontemporal_write_threshold", c.nontemporal_write_threshold);
     c.batch_deadline = std::chrono::milliseconds(j.value("batch_deadline_ms", c.batch_deadline.count()));
     c.connect_timeout = std::chrono::milliseconds(j.value("connect_timeout_ms", c.connect_timeout.count()));
     c.descriptor_lease = std::chrono::milliseconds(j.value("descriptor_lease_ms", c.descriptor_lease.count()));
@@ -151,6 +152,7 @@ result<void> engine_config::apply_env() {
                  env_uint<std::size_t>("YUTU_THREADS", threads, 1, 1024),
                  env_uint<std::size_t>("YUTU_TCP_CONNECTIONS", tcp_connections_per_peer, 1, 256),
                  env_uint<std::uint64_t>("YUTU_TCP_SLICE_SIZE", tcp_slice_size, 1, max_slice_size),
+                 env_uint<std::uint64_t>("YUTU_NONTEMPORAL_WRITE_THRESHOLD", nontemporal_write_threshold, 0, u64_max),
                  env_uint<std::uint64_t>("YUTU_BATCH_DEADLINE_MS", deadline_ms, 0, u64_max / 1000),
                  env_uint<std::uint64_t>("YUTU_CONNECT_TIMEOUT_MS", connect_ms, 0, u64_max / 1000),
                  env_uint<std::uint64_t>("YUTU_RDMA_SLICE_SIZE", rdma.slice_size, 1, 1ull << 30),

@@ -1,6 +1,8 @@
 // The local transport: the target is this engine, so a request is a bounds-checked memmove.
 #include "transports.hpp"
+#include "yutu/transfer/detail/stream_copy.hpp"
 
+#include <cstdint>
 #include <cstring>
 
 namespace yutu::transfer::detail {
@@ -11,7 +13,12 @@ task<std::error_code> local_transport::execute(const peer_info&, const transfer_
   const registered_buffer* b = rd.get().find(r.target_offset, r.length);
   if (!b || !b->remote_accessible) co_return make_error_code(te_errc::address_not_registered);
   auto* target = reinterpret_cast<void*>(r.target_offset);
-  if (r.op == opcode::write)
+  // A write between two ranges of this process's own memory may overlap: only memmove copes.
+  const auto src = reinterpret_cast<std::uintptr_t>(r.source);
+  const bool overlap = src < r.target_offset + r.length && r.target_offset < src + r.length;
+  if (r.op == opcode::write && !overlap)
+    copy_to_peer(target, r.source, r.length, host_.config().nontemporal_write_threshold);
+  else if (r.op == opcode::write)
     std::memmove(target, r.source, r.length);
   else
     std::memmove(r.source, target, r.length);

@@ -14,6 +14,7 @@
 #include <stop_token>
 
 #include "transports.hpp"
+#include "yutu/transfer/detail/stream_copy.hpp"
 #include "yutu/io/op.hpp"
 #include "yutu/log.hpp"
 
@@ -116,7 +117,7 @@ task<std::error_code> shm_transport::execute(const peer_info& peer, const transf
     target = it->second->data() + b->shm_offset + (r.target_offset - b->addr);
   }
   if (r.op == opcode::write)
-    std::memcpy(target, r.source, r.length);
+    copy_to_peer(target, r.source, r.length, host_.config().nontemporal_write_threshold);
   else
     std::memcpy(r.source, target, r.length);
   co_return std::error_code{};

@@ -16,6 +16,7 @@
 #include "yutu/coro/sync_wait.hpp"
 #include "yutu/io/reactor.hpp"
 #include "yutu/io/socket.hpp"
+#include "yutu/transfer/detail/stream_copy.hpp"
 #include "yutu/transfer/engine.hpp"
 #include "yutu/transfer/wire.hpp"
 
@@ -85,6 +86,51 @@ TEST_CASE("local transfers to self are bounds-checked memcpy") {
   REQUIRE_FALSE(bad);
   CHECK(bad.error() == te_errc::address_not_registered);
   CHECK(e->counters("local").requests.load() == 1);
+}
+
+TEST_CASE("streaming copies: every alignment and length, nothing written outside the range") {
+  // Head (up to a 64-byte boundary), 128-byte streaming blocks and tail, at every split.
+  constexpr std::size_t max_len = (1 << 20) + 300;
+  aligned_buf src(max_len + 64), dst(max_len + 256);
+  fill_pattern(src.p, src.n, 7);
+  std::vector<std::size_t> lengths;
+  for (std::size_t n = 0; n <= 520; ++n) lengths.push_back(n);
+  for (std::size_t n : {4095ul, 4096ul, 65536ul, 65536ul + 77, std::size_t{1} << 20, max_len}) lengths.push_back(n);
+  for (std::size_t dst_off : {0ul, 1ul, 31ul, 32ul, 63ul, 64ul, 100ul})
+    for (std::size_t src_off : {0ul, 3ul, 32ul})
+      for (std::size_t n : lengths) {
+        if (n > 65536 && (src_off != 3 || dst_off % 31 != 0)) continue;  // large ones at a few offsets
+        CAPTURE(dst_off);
+        CAPTURE(src_off);
+        CAPTURE(n);
+        std::memset(dst.p, 0xEE, dst.n);
+        yutu::transfer::detail::stream_copy(dst.p + dst_off, src.p + src_off, n);
+        REQUIRE(std::memcmp(dst.p + dst_off, src.p + src_off, n) == 0);
+        for (std::size_t i = 0; i < dst_off; ++i) REQUIRE(dst.p[i] == std::byte{0xEE});
+        for (std::size_t i = dst_off + n; i < std::min(dst.n, dst_off + n + 200); ++i) REQUIRE(dst.p[i] == std::byte{0xEE});
+      }
+}
+
+TEST_CASE("local writes above the streaming threshold, and overlapping ones, land exactly") {
+  auto e = make_engine({"local", "tcp"});
+  REQUIRE(e->config().nontemporal_write_threshold == 64u << 10);
+  aligned_buf target(4 << 20), src(4 << 20);
+  REQUIRE(e->register_memory(target.p, target.n));
+  auto seg = yutu::sync_wait(e->open_segment(e->segment_name()));
+  REQUIRE(seg);
+  fill_pattern(src.p, src.n, 11);
+  // 3 MiB from an odd source address to an odd target address: the streaming path.
+  REQUIRE(yutu::sync_wait(e->write(*seg, src.p + 5, target.addr(9), 3 << 20)));
+  CHECK(std::memcmp(target.p + 9, src.p + 5, 3 << 20) == 0);
+  // Source and target in the same registered buffer, overlapping: memmove's result, both ways.
+  fill_pattern(target.p, target.n, 12);
+  std::vector<std::byte> expect(target.p, target.p + target.n);
+  std::memmove(expect.data() + 100, expect.data(), 1 << 20);
+  REQUIRE(yutu::sync_wait(e->write(*seg, target.p, target.addr(100), 1 << 20)));
+  CHECK(std::memcmp(target.p, expect.data(), target.n) == 0);
+  std::memmove(expect.data(), expect.data() + 4096, 1 << 20);
+  REQUIRE(yutu::sync_wait(e->write(*seg, target.p + 4096, target.addr(0), 1 << 20)));
+  CHECK(std::memcmp(target.p, expect.data(), target.n) == 0);
 }
 
 TEST_CASE("two engines over tcp: every opcode, unaligned sizes and addresses, data verified") {
@@ -409,6 +455,17 @@ TEST_CASE("config from JSON and YUTU_* variables; bad values are errors") {
   REQUIRE(r);
   CHECK(r->rdma.slice_size == 4096);
   CHECK(r->rdma.busy_poll);
+  auto nt = engine_config::from_json(R"({"nontemporal_write_threshold": 0})");
+  REQUIRE(nt);
+  CHECK(nt->nontemporal_write_threshold == 0);
+  CHECK_FALSE(engine_config::from_json(R"({"nontemporal_write_threshold": -1})"));
+  ::setenv("YUTU_NONTEMPORAL_WRITE_THRESHOLD", "1048576", 1);
+  CHECK(nt->apply_env());
+  CHECK(nt->nontemporal_write_threshold == 1u << 20);
+  ::setenv("YUTU_NONTEMPORAL_WRITE_THRESHOLD", "1MiB", 1);
+  CHECK_FALSE(nt->apply_env());
+  CHECK(nt->nontemporal_write_threshold == 1u << 20);
+  ::unsetenv("YUTU_NONTEMPORAL_WRITE_THRESHOLD");
   ::setenv("YUTU_THREADS", "4", 1);
   ::setenv("YUTU_TRANSPORTS", "tcp", 1);
   CHECK(c->apply_env());
