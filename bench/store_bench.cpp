@@ -57,6 +57,7 @@ struct options {
   bool own_reactor = false;
   std::chrono::milliseconds replica_cache{0};
   std::uint64_t put_reservation = 0;
+  std::uint64_t nontemporal = yutu::store::client_config{}.nontemporal_write_threshold;
 };
 
 struct sample {
@@ -306,14 +307,17 @@ int main(int argc, char** argv) {
       std::printf(
           "usage: store_bench [--duration S] [--inflight N] [--node-memory SIZE] [--sizes 64KiB,1MiB,16MiB]\n"
           "                   [--batches 1,32] [--transports tcp,shm] [--in-process-master] [--own-reactor]\n"
-          "                   [--replica-cache MS] [--put-reservation SIZE] [--quick]\n"
+          "                   [--replica-cache MS] [--put-reservation SIZE] [--nontemporal-threshold SIZE]\n"
+          "                   [--quick]\n"
           "  --own-reactor: callers run on a reactor of the bench's own, not on the engine's threads\n"
           "                 (every master call and transfer then crosses threads twice)\n"
           "  --replica-cache MS: the client reuses replica lists for up to MS ms (client_config::\n"
           "                 replica_cache_max_age): repeated gets of a key skip the master\n"
           "  --put-reservation SIZE: each engine thread keeps SIZE bytes per object size allocated ahead\n"
           "                 (client_config::put_reservation_bytes): a put commits into one, one master\n"
-          "                 round trip instead of two\n");
+          "                 round trip instead of two\n"
+          "  --nontemporal-threshold SIZE: shm puts (and raw writes) of at least SIZE use streaming stores\n"
+          "                 (client_config::nontemporal_write_threshold, default 64KiB; 0: memcpy)\n");
       return 0;
     } else if (a == "--duration") {
       o.duration = std::atof(next().c_str());
@@ -343,6 +347,10 @@ int main(int argc, char** argv) {
       auto s = parse_size(next());
       if (!s) return 2;
       o.put_reservation = *s;
+    } else if (a == "--nontemporal-threshold") {
+      auto s = parse_size(next());
+      if (!s) return 2;
+      o.nontemporal = *s;
     } else if (a == "--quick") {
       o.duration = 0.3;
     } else {
@@ -405,6 +413,7 @@ int main(int argc, char** argv) {
     cc.rpc_timeout = std::chrono::milliseconds(10'000);
     cc.replica_cache_max_age = o.replica_cache;
     cc.put_reservation_bytes = o.put_reservation;
+    cc.nontemporal_write_threshold = o.nontemporal;
     auto c = o.in_process_master ? (*store)->connect(cc) : [&] {
       cc.master = (*store)->master_address();
       cc.metadata = (*store)->metadata();

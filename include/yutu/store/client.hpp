@@ -77,6 +77,9 @@ struct client_config {
   std::chrono::milliseconds rpc_timeout{5'000};
   std::size_t rpc_connections = 2;
   std::size_t engine_threads = 2;
+  // Puts over shm (and to this process's own memory) of at least this many bytes use streaming
+  // stores (transfer::engine_config::nontemporal_write_threshold; 0: always memcpy).
+  std::uint64_t nontemporal_write_threshold = transfer::engine_config{}.nontemporal_write_threshold;
   // Replica cache (0 = off): get_into / batch_get_into / batch_get_into_multi_buffers / load_prefix
   // called on an engine thread reuse the replica list of an earlier lookup of the same key, without asking the
   // master, for at most this long and never past half of the lease that lookup took. The lease keeps
