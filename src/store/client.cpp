@@ -219,6 +219,20 @@ struct client::impl {
     bool refilling = false;
     std::chrono::steady_clock::time_point retry_after{};  // after a refill the master refused
     std::uint64_t used = 0;  // the thread's use count when last taken from (the least used goes first)
+
+    // Moves every reservation's placeholder into `out`, to be given back.
+    void drain_all(std::vector<std::string>& out) {
+      for (auto& r : ready) out.push_back(std::move(r.placeholder));
+      ready.clear();
+    }
+    // Moves those made at least `max_age` before `now` (the oldest are first) into `out`.
+    void drain_expired(std::chrono::steady_clock::time_point now, std::chrono::milliseconds max_age,
+                       std::vector<std::string>& out) {
+      while (!ready.empty() && now - ready.front().t0 >= max_age) {
+        out.push_back(std::move(ready.front().placeholder));
+        ready.pop_front();
+      }
+    }
   };
   struct reserve_state {
     std::vector<reserve_pool> pools;
@@ -246,10 +260,10 @@ struct client::impl {
 
   // Takes reservations for n objects of `size` from this thread's pool into `out`, all or none;
   // starts a refill when the pool runs low and gives back the ones past their age.
-  bool take_reserved(std::uint64_t size, std::size_t n, std::vector<reservation>& out, std::size_t& thread) {
-    if (reserves.empty() || size == 0 || size > cfg.put_reservation_max_object || closed.load()) return false;
+  void take_reserved(std::uint64_t size, std::size_t n, std::vector<reservation>& out, std::size_t& thread) {
+    if (reserves.empty() || size == 0 || size > cfg.put_reservation_max_object || closed.load()) return;
     const std::size_t ti = engine_index();
-    if (ti == npos) return false;
+    if (ti == npos) return;
     thread = ti;
     reserve_state& st = *reserves[ti];
     std::vector<std::string> expired;
@@ -258,8 +272,8 @@ struct client::impl {
       if (st.pools.size() >= max_reserve_pools) {
         auto lru = std::min_element(st.pools.begin(), st.pools.end(),
                                     [](const reserve_pool& a, const reserve_pool& b) { return a.used < b.used; });
-        if (lru->refilling) return false;  // its refill will look for it when it returns
-        for (auto& r : lru->ready) expired.push_back(std::move(r.placeholder));
+        if (lru->refilling) return;  // its refill will look for it when it returns
+        lru->drain_all(expired);
         st.pools.erase(lru);
       }
       pl = &st.pools.emplace_back();
@@ -267,21 +281,13 @@ struct client::impl {
     }
     const auto now = std::chrono::steady_clock::now();
     const std::uint64_t epoch = reserve_epoch.load(std::memory_order_acquire);
-    if (!pl->ready.empty() && pl->ready.back().epoch != epoch) {
-      for (auto& r : pl->ready) expired.push_back(std::move(r.placeholder));
-      pl->ready.clear();
-    }
-    while (!pl->ready.empty() && now - pl->ready.front().t0 >= cfg.put_reservation_max_age) {
-      expired.push_back(std::move(pl->ready.front().placeholder));
-      pl->ready.pop_front();
-    }
-    bool got = false;
+    if (!pl->ready.empty() && pl->ready.back().epoch != epoch) pl->drain_all(expired);
+    pl->drain_expired(now, cfg.put_reservation_max_age, expired);
     if (pl->ready.size() >= n) {
       for (std::size_t k = 0; k < n; ++k) {
         out.push_back(std::move(pl->ready.front()));
         pl->ready.pop_front();
       }
-      got = true;
     }
     pl->used = ++st.uses;
     const bool low = pl->ready.size() * 2 < reserve_target(size) || pl->ready.size() < n;
@@ -290,7 +296,6 @@ struct client::impl {
     // Spawned last: with a master in this process the refill runs to its end inside spawn().
     if (refill_now) bg.spawn(refill(ti, size, std::max(n, reserve_target(size))));
     if (!expired.empty()) bg.spawn(give_back(std::move(expired)));
-    return got;
   }
 
   // Puts a reservation the caller did not use back, if this is still its thread and its pool.
@@ -352,11 +357,7 @@ struct client::impl {
       if (!slept || closed.load()) break;
       const auto now = std::chrono::steady_clock::now();
       std::vector<std::string> expired;
-      for (auto& pl : reserves[ti]->pools)
-        while (!pl.ready.empty() && now - pl.ready.front().t0 >= cfg.put_reservation_max_age) {
-          expired.push_back(std::move(pl.ready.front().placeholder));
-          pl.ready.pop_front();
-        }
+      for (auto& pl : reserves[ti]->pools) pl.drain_expired(now, cfg.put_reservation_max_age, expired);
       if (!expired.empty()) co_await give_back(std::move(expired));
     }
   }
@@ -375,8 +376,7 @@ struct client::impl {
     std::vector<std::string> all;
     for (std::size_t i = 0; i < reserves.size(); ++i) {
       co_await eng->reactors().at(i).schedule();
-      for (auto& pl : reserves[i]->pools)
-        for (auto& r : pl.ready) all.push_back(std::move(r.placeholder));
+      for (auto& pl : reserves[i]->pools) pl.drain_all(all);
       reserves[i]->pools.clear();
     }
     if (!all.empty()) (void)co_await master->batch_put_revoke(id, std::move(all));
@@ -500,7 +500,7 @@ struct client::impl {
     if (may_reserve && !upsert && !reserves.empty() && cfg_ == cfg.replica_defaults) {
       bool same = true;
       for (std::size_t t = 1; t < todo.size(); ++t) same = same && tobjs.bytes(t) == resv_size;
-      if (same) (void)take_reserved(resv_size, todo.size(), resv, resv_thread);
+      if (same) take_reserved(resv_size, todo.size(), resv, resv_thread);
     }
     const bool reserved = !resv.empty();
     std::vector<result<std::vector<replica_desc>>> starts;
@@ -587,10 +587,7 @@ struct client::impl {
     // node failed: the others of that size on this thread most likely went the same way. They are
     // given back rather than each failing once.
     if (!again.empty() && engine_index() == resv_thread)
-      if (reserve_pool* pl = find_pool(*reserves[resv_thread], resv_size)) {
-        for (auto& r : pl->ready) stale.push_back(std::move(r.placeholder));
-        pl->ready.clear();
-      }
+      if (reserve_pool* pl = find_pool(*reserves[resv_thread], resv_size)) pl->drain_all(stale);
     if (!stale.empty()) bg.spawn(give_back(std::move(stale)));
     if (!revokes.empty()) {
       c.revokes.fetch_add(revokes.size(), std::memory_order_relaxed);
