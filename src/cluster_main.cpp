@@ -66,6 +66,9 @@ constexpr const char* usage =
     "  --put-reservation SIZE replicas each client thread keeps allocated ahead, per block size\n"
     "                         (client_config::put_reservation_bytes; 0 = off): a put of missed\n"
     "                         blocks then takes one master round trip instead of two (default 32MiB)\n"
+    "  --nontemporal-threshold SIZE\n"
+    "                         shm puts of at least SIZE use streaming stores (client_config::\n"
+    "                         nontemporal_write_threshold; 0 = always memcpy; default 64KiB)\n"
     "  --transports LIST      client transports, e.g. tcp (default: local,shm,tcp)\n"
     "  --trace FILE           a Mooncake trace (.jsonl); default: conversation_trace.jsonl from\n"
     "                         $YUTU_TRACES, ../shared/traces, or next to the repository\n"
@@ -86,6 +89,7 @@ struct options {
   std::size_t threads = 2;
   std::size_t replica_cache_ms = 2000;
   std::uint64_t put_reservation = 32ull << 20;
+  std::uint64_t nontemporal = yutu::store::client_config{}.nontemporal_write_threshold;
   std::vector<std::string> transports;
   std::string trace;
   bool synthetic = false;
@@ -372,6 +376,10 @@ int main(int argc, char** argv) {
       auto s = yutu::store::parse_size(v);
       if (!s) bad("--put-reservation");
       o.put_reservation = *s;
+    } else if (value("--nontemporal-threshold")) {
+      auto s = yutu::store::parse_size(v);
+      if (!s) bad("--nontemporal-threshold");
+      o.nontemporal = *s;
     } else if (value("--transports")) {
       o.transports.clear();
       std::size_t from = 0;
@@ -484,6 +492,7 @@ int main(int argc, char** argv) {
   cc.engine_threads = o.threads;
   cc.replica_cache_max_age = std::chrono::milliseconds(o.replica_cache_ms);
   cc.put_reservation_bytes = o.put_reservation;
+  cc.nontemporal_write_threshold = o.nontemporal;
   auto store = yutu::store::client::create(cc);
   if (!store) {
     std::fprintf(stderr, "yutu-cluster: the client cannot start: %s\n", store.error().message().c_str());
