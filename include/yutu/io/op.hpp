@@ -16,6 +16,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <optional>
 #include <poll.h>
 #include <stop_token>
@@ -270,5 +271,34 @@ class poll_op : public uring_op<poll_op> {
   unsigned events_;
 };
 inline poll_op poll(int fd, unsigned events) noexcept { return poll_op(fd, events); }
+
+// Advice about [addr, addr + len) to the kernel (IORING_OP_MADVISE). The ring runs it in the
+// kernel's worker threads, so long work (MADV_POPULATE_READ over a gigabyte) does not hold up the
+// reactor. Not cancellable once a worker has started it. The submission's length field has 32 bits:
+// a range of 4 GiB or more fails with invalid_argument rather than being cut short.
+class madvise_op : public uring_op<madvise_op> {
+ public:
+  madvise_op(void* addr, std::size_t len, int advice) noexcept : addr_(addr), len_(len), advice_(advice) {}
+  madvise_op(madvise_op&& o) noexcept
+      : uring_op<madvise_op>(std::move(o)), addr_(o.addr_), len_(o.len_), advice_(o.advice_) {}
+  void prepare(io_uring_sqe* sqe) noexcept {
+    if (too_long())
+      io_uring_prep_nop(sqe);
+    else
+      io_uring_prep_madvise(sqe, addr_, static_cast<off_t>(len_), advice_);
+  }
+  result<void> await_resume() const noexcept {
+    if (too_long()) return fail(std::make_error_code(std::errc::invalid_argument));
+    if (auto ec = error()) return fail(ec);
+    return ok();
+  }
+
+ private:
+  bool too_long() const noexcept { return len_ > 0xffffffffu; }
+  void* addr_;
+  std::size_t len_;
+  int advice_;
+};
+inline madvise_op madvise(void* addr, std::size_t len, int advice) noexcept { return madvise_op(addr, len, advice); }
 
 }  // namespace yutu::io
