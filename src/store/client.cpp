@@ -987,6 +987,7 @@ result<std::unique_ptr<client::impl>> build(client_config cfg, master_service* e
   ec.transports = std::move(*transports);
   ec.batch_deadline = c.transfer_deadline;
   ec.nontemporal_write_threshold = c.nontemporal_write_threshold;
+  ec.shm_prefault = c.shm_prefault;
   auto e = transfer::engine::create(ec);
   if (!e) return fail(e.error());
   p->eng = std::move(*e);

@@ -49,7 +49,7 @@ result<engine_config> engine_config::from_json(std::string_view text) {
   static const std::set<std::string, std::less<>> keys = {
       "local_segment_name", "metadata", "listen_host", "listen_port", "threads", "transports",
       "tcp_connections_per_peer", "tcp_slice_size", "max_slice_size", "nontemporal_write_threshold",
-      "batch_deadline_ms", "connect_timeout_ms", "descriptor_lease_ms", "max_batch_size", "rdma"};
+      "shm_prefault", "batch_deadline_ms", "connect_timeout_ms", "descriptor_lease_ms", "max_batch_size", "rdma"};
   static const std::set<std::string, std::less<>> rdma_keys = {
       "devices", "slice_size", "qps_per_endpoint", "max_send_wr", "wrs_per_post", "max_endpoints", "priority_matrix",
       "gid_index", "port", "max_mr_size", "busy_poll", "op_timeout_ms", "max_retries"};
@@ -84,6 +84,7 @@ result<engine_config> engine_config::from_json(std::string_view text) {
     c.tcp_slice_size = j.value("tcp_slice_size", c.tcp_slice_size);
     c.max_slice_size = j.value("max_slice_size", c.max_slice_size);
     c.nontemporal_write_threshold = j.value("nontemporal_write_threshold", c.nontemporal_write_threshold);
+    c.shm_prefault = j.value("shm_prefault", c.shm_prefault);
     c.batch_deadline = std::chrono::milliseconds(j.value("batch_deadline_ms", c.batch_deadline.count()));
     c.connect_timeout = std::chrono::milliseconds(j.value("connect_timeout_ms", c.connect_timeout.count()));
     c.descriptor_lease = std::chrono::milliseconds(j.value("descriptor_lease_ms", c.descriptor_lease.count()));
@@ -135,6 +136,16 @@ result<void> env_uint(const char* name, T& out, T lo, T hi) {
   out = *p;
   return ok();
 }
+// Reads "0" or "1" from variable `name` into `out` when it is set; anything else is an error naming
+// it, and `out` is left as it was.
+result<void> env_bool(const char* name, bool& out) {
+  const char* v = std::getenv(name);
+  if (!v) return ok();
+  std::string_view b = v;
+  if (b != "0" && b != "1") return fail(bad(fmt::format("{}=\"{}\" is not valid", name, v)));
+  out = b == "1";
+  return ok();
+}
 }  // namespace
 
 result<void> engine_config::apply_env() {
@@ -170,11 +181,8 @@ result<void> engine_config::apply_env() {
   }
   if (auto v = str("YUTU_RDMA_DEVICES")) rdma.devices = split_list(v);
   if (auto v = str("YUTU_RDMA_PRIORITY_MATRIX")) rdma.priority_matrix = v;
-  if (auto v = str("YUTU_RDMA_BUSY_POLL")) {
-    std::string_view b = v;
-    if (b != "0" && b != "1") return fail(bad(fmt::format("YUTU_RDMA_BUSY_POLL=\"{}\" is not valid", v)));
-    rdma.busy_poll = b == "1";
-  }
+  for (auto r : {env_bool("YUTU_RDMA_BUSY_POLL", rdma.busy_poll), env_bool("YUTU_SHM_PREFAULT", shm_prefault)})
+    if (!r) return r;
   return ok();
 }
 

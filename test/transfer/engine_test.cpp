@@ -466,6 +466,18 @@ TEST_CASE("config from JSON and YUTU_* variables; bad values are errors") {
   CHECK_FALSE(nt->apply_env());
   CHECK(nt->nontemporal_write_threshold == 1u << 20);
   ::unsetenv("YUTU_NONTEMPORAL_WRITE_THRESHOLD");
+  CHECK(nt->shm_prefault);
+  auto np = engine_config::from_json(R"({"shm_prefault": false})");
+  REQUIRE(np);
+  CHECK_FALSE(np->shm_prefault);
+  CHECK_FALSE(engine_config::from_json(R"({"shm_prefault": "no"})"));
+  ::setenv("YUTU_SHM_PREFAULT", "1", 1);
+  CHECK(np->apply_env());
+  CHECK(np->shm_prefault);
+  ::setenv("YUTU_SHM_PREFAULT", "yes", 1);
+  CHECK_FALSE(np->apply_env());
+  CHECK(np->shm_prefault);
+  ::unsetenv("YUTU_SHM_PREFAULT");
   ::setenv("YUTU_THREADS", "4", 1);
   ::setenv("YUTU_TRANSPORTS", "tcp", 1);
   CHECK(c->apply_env());

@@ -80,6 +80,8 @@ struct client_config {
   // Puts over shm (and to this process's own memory) of at least this many bytes use streaming
   // stores (transfer::engine_config::nontemporal_write_threshold; 0: always memcpy).
   std::uint64_t nontemporal_write_threshold = transfer::engine_config{}.nontemporal_write_threshold;
+  // Map a storage node's shm memory in the background when first used (engine_config::shm_prefault).
+  bool shm_prefault = transfer::engine_config{}.shm_prefault;
   // Replica cache (0 = off): get_into / batch_get_into / batch_get_into_multi_buffers / load_prefix
   // called on an engine thread reuse the replica list of an earlier lookup of the same key, without asking the
   // master, for at most this long and never past half of the lease that lookup took. The lease keeps
