@@ -1,10 +1,12 @@
 // Two engines in two processes on loopback: tcp and shm, both opcodes, 1 B to 1 GiB, fallback from
-// shm to tcp, a target killed mid-batch, and a target restarted on the same address.
+// shm to tcp, a target killed mid-batch, a target restarted on the same address, and the background
+// mapping of a peer's shm memory.
 #include <doctest/doctest.h>
 
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -197,4 +199,65 @@ TEST_CASE("multi-process: a restarted target is reconnected; stale addresses nev
   CHECK(d->incarnation == h2.incarnation);
   REQUIRE(yutu::sync_wait(init->write(*seg, src.p, h2.buffer, 4096)));
   CHECK(second.command("sum 0 4096") == std::to_string(fnv1a(src.p, 4096)));
+}
+
+namespace {
+// Bytes of this process's memfd mappings named "yutu-shm" that its page tables map (smaps' Rss). The
+// initiators here register heap memory only, so these are the peers' buffers mapped by shm.
+std::size_t mapped_peer_shm() {
+  std::FILE* f = std::fopen("/proc/self/smaps", "r");
+  REQUIRE(f != nullptr);
+  char line[512];
+  bool in = false;
+  std::size_t total = 0, kib = 0;
+  while (std::fgets(line, sizeof line, f)) {
+    unsigned long lo = 0, hi = 0;
+    if (std::sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && std::strchr(line, '-') < std::strchr(line, ' ')) {
+      in = std::strstr(line, "memfd:yutu-shm") != nullptr;
+      continue;
+    }
+    if (in && std::sscanf(line, "Rss: %zu kB", &kib) == 1) total += kib * 1024;
+  }
+  std::fclose(f);
+  return total;
+}
+}  // namespace
+
+TEST_CASE("multi-process: a peer's shm memory is mapped in the background once first used, not with shm_prefault off") {
+  if (peer_exe().empty()) {
+    MESSAGE("YUTU_TEST_PEER is not set (run through meson test): skipped");
+    return;
+  }
+  constexpr std::size_t size = 64 << 20;
+  for (bool prefault : {true, false}) {
+    CAPTURE(prefault);
+    child_peer peer;
+    REQUIRE(peer.start(peer_exe(), {"--transports", "shm,tcp", "--size", std::to_string(size), "--shared"}));
+    auto h = parse_hello(peer.hello());
+    engine_config c;
+    c.metadata = "P2PHANDSHAKE";
+    c.transports = {"shm", "tcp"};
+    c.shm_prefault = prefault;
+    auto init = engine::create(c);
+    REQUIRE(init);
+    auto seg = yutu::sync_wait((*init)->open_segment(h.segment));
+    REQUIRE(seg);
+    REQUIRE(mapped_peer_shm() == 0);
+    heap_buf src(4096);
+    fill_pattern(src.p, 4096, 5);
+    REQUIRE(yutu::sync_wait((*init)->write(*seg, src.p, h.buffer, 4096)));
+    CHECK((*init)->counters("shm").requests.load() == 1);
+    // One write touched one page (and the kernel may map a few around it); the populate maps the rest.
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (prefault && mapped_peer_shm() < size && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (!prefault) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    if (prefault)
+      CHECK(mapped_peer_shm() >= size);
+    else
+      CHECK(mapped_peer_shm() < (1u << 20));
+    CHECK(peer.command("sum 0 4096") == std::to_string(fnv1a(src.p, 4096)));
+    init->reset();
+    CHECK(peer.exit_cleanly() == 0);
+  }
 }
