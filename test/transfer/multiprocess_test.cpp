@@ -5,6 +5,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <sys/mman.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -229,7 +231,18 @@ TEST_CASE("multi-process: a peer's shm memory is mapped in the background once f
     return;
   }
   constexpr std::size_t size = 64 << 20;
+  bool kernel_populates = false;  // MADV_POPULATE_READ: Linux 5.14; before it the pages fault in as written
+#ifdef MADV_POPULATE_READ
+  {
+    void* probe = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(probe != MAP_FAILED);
+    kernel_populates = ::madvise(probe, 4096, MADV_POPULATE_READ) == 0;
+    ::munmap(probe, 4096);
+  }
+#endif
+  if (!kernel_populates) MESSAGE("this kernel has no MADV_POPULATE_READ: only the option-off half runs");
   for (bool prefault : {true, false}) {
+    if (prefault && !kernel_populates) continue;
     CAPTURE(prefault);
     child_peer peer;
     REQUIRE(peer.start(peer_exe(), {"--transports", "shm,tcp", "--size", std::to_string(size), "--shared"}));
