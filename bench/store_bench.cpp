@@ -387,9 +387,9 @@ int main(int argc, char** argv) {
   for (std::uint64_t i = 0; i < buf_bytes; i += 4096) buf[i] = static_cast<std::byte>(i >> 12);
 
   const double rtt_us = loopback_rtt_p50_us(20000);
-  std::printf("reference: a blocking loopback TCP round trip between two threads, p50 %.1f us (a put makes two\n"
-              "           master round trips and a get one; --replica-cache lets repeated gets skip theirs)\n",
-              rtt_us);
+  std::printf("reference: a blocking loopback TCP round trip between two threads, p50 %.1f us (a put makes %s\n"
+              "           master round trip%s and a get one; --replica-cache lets repeated gets skip theirs)\n",
+              rtt_us, o.put_reservation ? "one" : "two", o.put_reservation ? "" : "s");
   nlohmann::json results = nlohmann::json::array();
   std::printf("store_bench: %g s per figure, master over %s, callers on %s, replica cache %lld ms, put reservations %.0f MiB, node memory %.1f GiB\n",
               o.duration, o.in_process_master ? "in-process calls" : "RPC on loopback",
