@@ -62,18 +62,24 @@ task<void> watch_exit(std::shared_ptr<peer_liveness> l) {
 // Maps a new mapping's pages in the background: MADV_POPULATE_READ through the ring, which the
 // kernel's io-wq workers run. Without it the first write to each 4 KiB page of a peer's memory takes
 // a minor fault on the copying thread: on the development machine 290 ms of CPU per GiB, against
-// 80-120 ms for the populate, and 7 % of the main job's client CPU went to those faults. In chunks,
-// so that a stopping engine waits for one at most; holding the mapping keeps its range from being
-// unmapped, and reused by another mapping, under the advice.
-task<void> populate(std::shared_ptr<shm_mapping> m, std::stop_token stop) {
+// 80-120 ms for the populate, and 7 % of the main job's client CPU went to those faults. In chunks:
+// it stops between two once the engine stops, the peer exits or its mapping is dropped (`live`, null
+// where pidfds are unavailable), so that the memory of a dead peer is not held for long. Holding the
+// mapping keeps its range from being unmapped, and reused by another mapping, under the advice.
+task<void> populate(std::shared_ptr<shm_mapping> m, std::shared_ptr<peer_liveness> live, std::stop_token stop) {
 #ifdef MADV_POPULATE_READ
+  auto over = [&] {
+    return stop.stop_requested() ||
+           (live && (live->exited.load(std::memory_order_acquire) || live->stop.stop_requested()));
+  };
   constexpr std::uint64_t chunk = 256ull << 20;
-  for (std::uint64_t off = 0; off < m->size() && !stop.stop_requested(); off += chunk) {
+  for (std::uint64_t off = 0; off < m->size() && !over(); off += chunk) {
     auto r = co_await io::madvise(m->data() + off, std::min(chunk, m->size() - off), MADV_POPULATE_READ);
     if (!r) co_return;  // a kernel before 5.14: the pages fault in as they are written, as before
   }
 #else
   (void)m;
+  (void)live;
   (void)stop;
   co_return;
 #endif
@@ -135,7 +141,7 @@ task<std::error_code> shm_transport::execute(const peer_info& peer, const transf
         co_return make_error_code(te_errc::no_transport);
       }
       it = st.maps.emplace(b->shm_fd, std::make_shared<shm_mapping>(std::move(*m))).first;
-      if (host_.config().shm_prefault) host_.spawn_on(0, populate(it->second, stopping_.get_token()));
+      if (host_.config().shm_prefault) host_.spawn_on(0, populate(it->second, st.live, stopping_.get_token()));
     }
     target = it->second->data() + b->shm_offset + (r.target_offset - b->addr);
   }
