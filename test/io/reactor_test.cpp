@@ -9,6 +9,7 @@
 #include <cstring>
 #include <thread>
 
+#include "smaps.hpp"
 #include "yutu/io/op.hpp"
 #include "yutu/io/reactor.hpp"
 
@@ -80,24 +81,16 @@ TEST_CASE("work posted from another thread runs on the reactor thread") {
 }
 
 namespace {
-// Bytes of the mapping that starts at `addr` that this process's page tables map (smaps' Rss).
+// Bytes of the mapping that starts at `addr` that this process's page tables map.
 std::size_t rss_of(const void* addr) {
-  std::FILE* f = std::fopen("/proc/self/smaps", "r");
-  REQUIRE(f != nullptr);
-  char line[512];
-  bool in = false;
-  std::size_t kib = static_cast<std::size_t>(-1);
-  while (std::fgets(line, sizeof line, f)) {
-    unsigned long lo = 0, hi = 0;
-    if (std::sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && std::strchr(line, '-') < std::strchr(line, ' ')) {
-      in = lo == reinterpret_cast<unsigned long>(addr);
-      continue;
-    }
-    if (in && std::sscanf(line, "Rss: %zu kB", &kib) == 1) break;
-  }
-  std::fclose(f);
-  REQUIRE(kib != static_cast<std::size_t>(-1));
-  return kib * 1024;
+  bool found = false;
+  auto rss = yutu::test::mapped_rss([&](unsigned long start, const char*) {
+    const bool it = start == reinterpret_cast<unsigned long>(addr);
+    found = found || it;
+    return it;
+  });
+  REQUIRE(found);
+  return rss;
 }
 }  // namespace
 

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "peer_util.hpp"
+#include "smaps.hpp"
 #include "yutu/coro/sync_wait.hpp"
 #include "yutu/transfer/engine.hpp"
 
@@ -204,24 +205,11 @@ TEST_CASE("multi-process: a restarted target is reconnected; stale addresses nev
 }
 
 namespace {
-// Bytes of this process's memfd mappings named "yutu-shm" that its page tables map (smaps' Rss). The
-// initiators here register heap memory only, so these are the peers' buffers mapped by shm.
+// Bytes of this process's memfd mappings named "yutu-shm" that its page tables map. The initiators
+// here register heap memory only, so these are the peers' buffers mapped by shm.
 std::size_t mapped_peer_shm() {
-  std::FILE* f = std::fopen("/proc/self/smaps", "r");
-  REQUIRE(f != nullptr);
-  char line[512];
-  bool in = false;
-  std::size_t total = 0, kib = 0;
-  while (std::fgets(line, sizeof line, f)) {
-    unsigned long lo = 0, hi = 0;
-    if (std::sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && std::strchr(line, '-') < std::strchr(line, ' ')) {
-      in = std::strstr(line, "memfd:yutu-shm") != nullptr;
-      continue;
-    }
-    if (in && std::sscanf(line, "Rss: %zu kB", &kib) == 1) total += kib * 1024;
-  }
-  std::fclose(f);
-  return total;
+  return yutu::test::mapped_rss(
+      [](unsigned long, const char* line) { return std::strstr(line, "memfd:yutu-shm") != nullptr; });
 }
 }  // namespace
 
