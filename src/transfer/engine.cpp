@@ -948,6 +948,12 @@ const transport_counters& engine::counters(std::string_view transport) const {
   return p_->counters_for(transport);
 }
 
+bool engine::usable(std::string_view transport) const {
+  for (const auto& t : p_->transports)
+    if (t->name() == transport) return t->usable();
+  return false;
+}
+
 std::string engine::metrics_text() const {
   std::string out;
   auto line = [&](const char* metric, std::string_view t, std::uint64_t v) {

@@ -131,6 +131,9 @@ class engine {
 
   // --- observability ---
   const transport_counters& counters(std::string_view transport) const;
+  // Whether `transport` is offered (config().transports) and can move bytes: false for "rdma" when
+  // no NIC could be opened (no device, none active, none of rdma.devices, no libibverbs).
+  bool usable(std::string_view transport) const;
   std::string metrics_text() const;
 
   struct impl;

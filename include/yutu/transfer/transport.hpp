@@ -79,6 +79,9 @@ class transport {
   transport& operator=(const transport&) = delete;
 
   virtual std::string_view name() const noexcept = 0;
+  // Whether it can move bytes at all (rdma: at least one NIC opened). An unusable transport stays
+  // listed and serves nothing.
+  virtual bool usable() const noexcept { return true; }
 
   // Memory was registered / is being unregistered (per-device registration keys live here).
   virtual result<void> on_register(const registered_buffer&) { return ok(); }

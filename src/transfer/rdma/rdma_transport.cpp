@@ -288,6 +288,7 @@ class rdma_transport final : public transport {
   ~rdma_transport() override;
 
   std::string_view name() const noexcept override { return "rdma"; }
+  bool usable() const noexcept override { return !nics_.empty(); }
   result<void> on_register(const registered_buffer& b) override;
   void on_unregister(const registered_buffer& b) noexcept override;
   void describe(segment_desc& d) const override;
