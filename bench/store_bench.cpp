@@ -57,7 +57,7 @@ struct options {
   bool own_reactor = false;
   std::chrono::milliseconds replica_cache{0};
   std::uint64_t put_reservation = 0;
-  std::uint64_t nontemporal = yutu::store::client_config{}.nontemporal_write_threshold;
+  std::uint64_t nontemporal = yutu::store::client_config{}.engine.nontemporal_write_threshold;
 };
 
 struct sample {
@@ -337,7 +337,7 @@ int main(int argc, char** argv) {
           "                 (client_config::put_reservation_bytes): a put commits into one, one master\n"
           "                 round trip instead of two\n"
           "  --nontemporal-threshold SIZE: shm puts (and raw writes) of at least SIZE use streaming stores\n"
-          "                 (client_config::nontemporal_write_threshold, default 64KiB; 0: memcpy)\n");
+          "                 (client_config::engine.nontemporal_write_threshold, default 64KiB; 0: memcpy)\n");
       return 0;
     } else if (a == "--duration") {
       o.duration = std::atof(next().c_str());
@@ -437,7 +437,7 @@ int main(int argc, char** argv) {
     cc.rpc_timeout = std::chrono::milliseconds(10'000);
     cc.replica_cache_max_age = o.replica_cache;
     cc.put_reservation_bytes = o.put_reservation;
-    cc.nontemporal_write_threshold = o.nontemporal;
+    cc.engine.nontemporal_write_threshold = o.nontemporal;
     auto c = o.in_process_master ? (*store)->connect(cc) : [&] {
       cc.master = (*store)->master_address();
       cc.metadata = (*store)->metadata();

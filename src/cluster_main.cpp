@@ -89,7 +89,7 @@ struct options {
   std::size_t threads = 2;
   std::size_t replica_cache_ms = 2000;
   std::uint64_t put_reservation = 32ull << 20;
-  std::uint64_t nontemporal = yutu::store::client_config{}.nontemporal_write_threshold;
+  std::uint64_t nontemporal = yutu::store::client_config{}.engine.nontemporal_write_threshold;
   std::vector<std::string> transports;
   std::string trace;
   bool synthetic = false;
@@ -492,7 +492,7 @@ int main(int argc, char** argv) {
   cc.engine_threads = o.threads;
   cc.replica_cache_max_age = std::chrono::milliseconds(o.replica_cache_ms);
   cc.put_reservation_bytes = o.put_reservation;
-  cc.nontemporal_write_threshold = o.nontemporal;
+  cc.engine.nontemporal_write_threshold = o.nontemporal;
   auto store = yutu::store::client::create(cc);
   if (!store) {
     std::fprintf(stderr, "yutu-cluster: the client cannot start: %s\n", store.error().message().c_str());

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -26,7 +27,9 @@ constexpr const char* usage =
     "                         also etcd://h:p, P2PHANDSHAKE)\n"
     "  --memory SIZE          memory to contribute, e.g. 1GiB, 512MiB (default 1GiB)\n"
     "  --max-segment-size SIZE  split the memory into segments of at most this (default 16GiB)\n"
-    "  --protocol tcp         network transport (same-host peers use shared memory on top)\n"
+    "  --protocol tcp|rdma    network transport between hosts (default tcp; same-host peers use\n"
+    "                         shared memory on top; rdma has no tcp fallback)\n"
+    "  --rdma-devices LIST    RDMA NICs to use, e.g. mlx5_0,mlx5_1 (default: every one found)\n"
     "  --host ADDR[:PORT]     address the node's engine listens on and names its host (default 127.0.0.1)\n"
     "  --hugepages            back the memory with huge pages\n"
     "  --master-wait SECONDS  keep trying to reach a master that is still starting (default 30)\n"
@@ -77,7 +80,22 @@ int main(int argc, char** argv) {
     } else if (value("--max-segment-size")) {
       cfg.max_segment_size = size_of("--max-segment-size");
     } else if (value("--protocol")) {
+      if (v != "tcp" && v != "rdma") {
+        std::fprintf(stderr, "yutu-node: --protocol must be tcp or rdma, not '%s'\n", v.c_str());
+        return 2;
+      }
       cfg.protocol = v;
+    } else if (value("--rdma-devices")) {
+      cfg.engine.rdma.devices.clear();
+      for (std::size_t from = 0; from <= v.size();) {
+        const std::size_t comma = std::min(v.find(',', from), v.size());
+        if (comma == from) {
+          std::fprintf(stderr, "yutu-node: bad device list '%s' for --rdma-devices\n", v.c_str());
+          return 2;
+        }
+        cfg.engine.rdma.devices.push_back(v.substr(from, comma - from));
+        from = comma + 1;
+      }
     } else if (value("--host")) {
       cfg.local_hostname = v;
     } else if (value("--master-wait")) {

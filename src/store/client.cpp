@@ -24,10 +24,12 @@
 
 #include "yutu/coro/async_event.hpp"
 #include "yutu/coro/async_scope.hpp"
+#include "yutu/coro/async_semaphore.hpp"
 #include "yutu/coro/when_all.hpp"
 #include "yutu/io/op.hpp"
 #include "yutu/io/reactor_pool.hpp"
 #include "yutu/log.hpp"
+#include "yutu/store/allocator.hpp"
 #include "yutu/store/rpc_client.hpp"
 #include "yutu/transfer/metadata.hpp"
 
@@ -141,6 +143,17 @@ struct client::impl {
   std::vector<segment_info> segs;
   std::byte* local_buf = nullptr;
   std::size_t local_len = 0;
+
+  // Staging for the copying forms (put, upsert, batch_put, get, batch_get) where the engine moves
+  // bytes over rdma, which reaches only registered memory: the values pass through this registered
+  // area. Units of the semaphore are its pages, so a call waits (first come, first served) until the
+  // pages it needs are free; the allocator under staging_mu then places them.
+  static constexpr std::uint64_t staging_page = 4096;
+  std::byte* staging = nullptr;
+  std::uint64_t staging_len = 0;
+  std::mutex staging_mu;
+  std::optional<offset_allocator> staging_alloc;
+  std::unique_ptr<coro::async_semaphore> staging_pages;
 
   mutable std::mutex reg_mu;
   std::map<std::uintptr_t, std::size_t> registered;
@@ -413,6 +426,7 @@ struct client::impl {
     eng.reset();  // frees the contributed (shared) memory with it
     if (pool) pool->stop_and_join();
     if (local_buf) std::free(local_buf);
+    if (staging) std::free(staging);
   }
 
   bool is_registered(const void* p, std::uint64_t n) const {
@@ -452,6 +466,142 @@ struct client::impl {
     std::lock_guard lk(seg_mu);
     seg_cache.emplace(std::move(name), e);
     co_return e;
+  }
+
+  // --- staging ---
+
+  struct staging_lease {
+    impl* owner = nullptr;
+    allocation a;
+    std::size_t pages = 0;
+    staging_lease() = default;
+    staging_lease(const staging_lease&) = delete;
+    staging_lease& operator=(const staging_lease&) = delete;
+    staging_lease(staging_lease&& o) noexcept : owner(std::exchange(o.owner, nullptr)), a(o.a), pages(o.pages) {}
+    ~staging_lease() {
+      if (!owner) return;
+      {
+        std::lock_guard lk(owner->staging_mu);
+        owner->staging_alloc->free(a);
+      }
+      owner->staging_pages->release(pages);
+    }
+    std::byte* data() const noexcept { return reinterpret_cast<std::byte*>(a.addr); }
+  };
+
+  // Whether the copying forms stage their values: the engine moves bytes over rdma.
+  bool stages() const noexcept { return staging != nullptr; }
+
+  // `bytes` of staging, waiting for other calls to give theirs back; buffer_overflow when more than
+  // the whole area (such a value goes through put_from / get_into and registered memory).
+  task<result<staging_lease>> stage(std::uint64_t bytes) {
+    const std::uint64_t rounded = (std::max<std::uint64_t>(bytes, 1) + staging_page - 1) / staging_page * staging_page;
+    if (rounded > staging_len) co_return fail(errc::buffer_overflow);
+    const std::size_t pages = rounded / staging_page;
+    if (auto r = co_await staging_pages->acquire(pages); !r) co_return fail(r.error());
+    std::optional<allocation> a;
+    {
+      std::lock_guard lk(staging_mu);
+      a = staging_alloc->allocate(rounded);
+    }
+    if (!a) {
+      // Enough pages, but not in one piece: wait until the area is empty (every page ours), where
+      // anything up to its size fits, and give back what this call does not use.
+      staging_pages->release(pages);
+      const std::size_t all = staging_len / staging_page;
+      if (auto r = co_await staging_pages->acquire(all); !r) co_return fail(r.error());
+      {
+        std::lock_guard lk(staging_mu);
+        a = staging_alloc->allocate(rounded);
+      }
+      staging_pages->release(all - pages);
+      if (!a) co_return fail(errc::internal_error);  // an empty area refused what fits in it
+    }
+    staging_lease l;
+    l.owner = this;
+    l.a = *a;
+    l.pages = pages;
+    co_return l;
+  }
+
+  static std::uint64_t staged_size(std::uint64_t n) noexcept { return (n + 63) / 64 * 64; }
+
+  // The copying put forms: the values as they are, or copied into staging first where the engine
+  // needs registered memory and some value is not in it.
+  task<void> put_values(std::span<const std::string> keys, std::span<const std::span<const std::byte>> values,
+                        replicate_config cfg_, bool upsert, std::vector<result<void>>& out) {
+    object_set objs;
+    std::optional<staging_lease> lease;
+    bool copy = false;
+    std::uint64_t total = 0;
+    for (const auto& v : values) {
+      copy = copy || (stages() && !is_registered(v.data(), v.size()));
+      total += staged_size(v.size());
+    }
+    if (copy) {
+      auto l = co_await stage(total);
+      if (!l) {
+        for (auto& o : out)
+          if (o) o = fail(l.error());
+        co_return;
+      }
+      lease.emplace(std::move(*l));
+      std::uint64_t off = 0;
+      for (const auto& v : values) {
+        if (!v.empty()) std::memcpy(lease->data() + off, v.data(), v.size());
+        objs.add(lease->data() + off, v.size());
+        objs.next();
+        off += staged_size(v.size());
+      }
+    } else {
+      for (const auto& v : values) {
+        objs.add(v.data(), v.size());
+        objs.next();
+      }
+    }
+    co_await put_objects(keys, objs, std::move(cfg_), upsert, out);
+  }
+
+  // The copying get forms: reads `lists` into fresh vectors, through staging where the engine needs
+  // registered memory.
+  task<std::vector<result<std::vector<std::byte>>>> get_values(std::vector<result<replica_list>>& lists,
+                                                               std::chrono::steady_clock::time_point t0) {
+    std::vector<result<std::vector<std::byte>>> values;
+    values.reserve(lists.size());
+    std::uint64_t total = 0;
+    for (const auto& l : lists) {
+      values.emplace_back(std::vector<std::byte>(l ? l->size : 0));
+      if (l) total += staged_size(l->size);
+    }
+    std::optional<staging_lease> lease;
+    if (stages()) {
+      auto l = co_await stage(total);
+      if (!l) {
+        for (std::size_t i = 0; i < lists.size(); ++i)
+          values[i] = fail(lists[i] ? l.error() : lists[i].error());
+        co_return values;
+      }
+      lease.emplace(std::move(*l));
+    }
+    object_set objs;
+    std::uint64_t off = 0;
+    for (std::size_t i = 0; i < lists.size(); ++i) {
+      objs.add(lease ? lease->data() + off : values[i]->data(), values[i]->size());
+      objs.next();
+      off += staged_size(values[i]->size());
+    }
+    std::vector<result<std::uint64_t>> out(lists.size(), std::uint64_t{0});
+    co_await read_objects(lists, objs, out, t0);
+    off = 0;
+    for (std::size_t i = 0; i < lists.size(); ++i) {
+      if (!out[i]) {
+        values[i] = fail(out[i].error());
+      } else if (lease && !values[i]->empty()) {
+        std::memcpy(values[i]->data(), lease->data() + off, values[i]->size());
+      }
+      off += staged_size(lists[i] ? lists[i]->size : 0);
+    }
+    co_return values;
   }
 
   // --- put ---
@@ -951,7 +1101,7 @@ namespace {
 result<std::vector<std::string>> transports_for(const client_config& cfg) {
   if (!cfg.transports.empty()) return cfg.transports;
   if (cfg.protocol == "tcp") return std::vector<std::string>{"local", "shm", "tcp"};
-  if (cfg.protocol == "rdma") return fail(errc::not_supported);
+  if (cfg.protocol == "rdma") return std::vector<std::string>{"local", "shm", "rdma"};
   return fail(errc::invalid_params);
 }
 
@@ -979,18 +1129,36 @@ result<std::unique_ptr<client::impl>> build(client_config cfg, master_service* e
 
   p->pool = std::make_unique<io::reactor_pool>(1);
 
-  transfer::engine_config ec;
+  transfer::engine_config ec = c.engine;
   ec.metadata = c.metadata;
   ec.listen_host = host;
   ec.listen_port = port;
   ec.threads = c.engine_threads;
   ec.transports = std::move(*transports);
   ec.batch_deadline = c.transfer_deadline;
-  ec.nontemporal_write_threshold = c.nontemporal_write_threshold;
-  ec.shm_prefault = c.shm_prefault;
   auto e = transfer::engine::create(ec);
   if (!e) return fail(e.error());
   p->eng = std::move(*e);
+  // RDMA without a usable NIC would start, mount, and then fail every transfer to another host: a
+  // node that cannot serve should not join. With tcp also listed, tcp carries what rdma cannot.
+  const auto& ts = p->eng->config().transports;
+  if (std::find(ts.begin(), ts.end(), "rdma") != ts.end() && !p->eng->usable("rdma")) {
+    if (std::find(ts.begin(), ts.end(), "tcp") == ts.end()) {
+      log::error("store client: protocol rdma, but no RDMA NIC could be opened{}; the engine's log says why",
+                 ec.rdma.devices.empty() ? "" : fmt::format(" (asked for {})", fmt::join(ec.rdma.devices, ",")));
+      return fail(te_errc::device_not_found);
+    }
+    log::warn("store client: no RDMA NIC could be opened; transfers to other hosts use tcp");
+  }
+  if (p->eng->usable("rdma") && c.staging_buffer_size > 0) {
+    const std::uint64_t len = (c.staging_buffer_size + client::impl::staging_page - 1) / client::impl::staging_page * client::impl::staging_page;
+    p->staging = static_cast<std::byte*>(std::aligned_alloc(client::impl::staging_page, len));
+    if (!p->staging) return fail(std::errc::not_enough_memory);
+    p->staging_len = len;
+    if (auto r = p->eng->register_memory(p->staging, len, "cpu:0", false); !r) return fail(r.error());
+    p->staging_alloc.emplace(reinterpret_cast<std::uint64_t>(p->staging), len, client::impl::staging_page);
+    p->staging_pages = std::make_unique<coro::async_semaphore>(len / client::impl::staging_page);
+  }
   if (c.replica_cache_max_age.count() > 0) {
     if (c.replica_cache_entries == 0) return fail(errc::invalid_params);
     for (std::size_t i = 0; i < p->eng->reactors().size(); ++i)
@@ -1140,22 +1308,16 @@ result<void> client::unregister_buffer(void* addr) {
 // --- put ---
 
 task<result<void>> client::put(std::string key, std::span<const std::byte> value, replicate_config cfg) {
-  object_set objs;
-  objs.add(value.data(), value.size());
-  objs.next();
   std::vector<result<void>> out(1, ok());
   if (p_->closed.load()) co_return fail(errc::closed);
-  co_await p_->put_objects(std::span(&key, 1), objs, std::move(cfg), false, out);
+  co_await p_->put_values(std::span(&key, 1), std::span(&value, 1), std::move(cfg), false, out);
   co_return out[0];
 }
 
 task<result<void>> client::upsert(std::string key, std::span<const std::byte> value, replicate_config cfg) {
-  object_set objs;
-  objs.add(value.data(), value.size());
-  objs.next();
   std::vector<result<void>> out(1, ok());
   if (p_->closed.load()) co_return fail(errc::closed);
-  co_await p_->put_objects(std::span(&key, 1), objs, std::move(cfg), true, out);
+  co_await p_->put_values(std::span(&key, 1), std::span(&value, 1), std::move(cfg), true, out);
   p_->drop_cached();
   co_return out[0];
 }
@@ -1172,12 +1334,7 @@ task<std::vector<result<void>>> client::batch_put(std::span<const std::string> k
     out.assign(keys.size(), fail(errc::closed));
     co_return out;
   }
-  object_set objs;
-  for (auto& v : values) {
-    objs.add(v.data(), v.size());
-    objs.next();
-  }
-  co_await p_->put_objects(keys, objs, std::move(cfg), false, out);
+  co_await p_->put_values(keys, values, std::move(cfg), false, out);
   co_return out;
 }
 
@@ -1246,14 +1403,8 @@ task<result<std::vector<std::byte>>> client::get(std::string key) {
   const auto t0 = std::chrono::steady_clock::now();
   auto lists = co_await p_->lookup(std::span(&key, 1));
   if (!lists[0]) co_return fail(lists[0].error());
-  std::vector<std::byte> value(lists[0]->size);
-  object_set objs;
-  objs.add(value.data(), value.size());
-  objs.next();
-  std::vector<result<std::uint64_t>> out(1, std::uint64_t{0});
-  co_await p_->read_objects(lists, objs, out, t0);
-  if (!out[0]) co_return fail(out[0].error());
-  co_return value;
+  auto values = co_await p_->get_values(lists, t0);
+  co_return std::move(values[0]);
 }
 
 task<std::vector<result<std::vector<std::byte>>>> client::batch_get(std::span<const std::string> keys) {
@@ -1265,17 +1416,7 @@ task<std::vector<result<std::vector<std::byte>>>> client::batch_get(std::span<co
   }
   const auto t0 = std::chrono::steady_clock::now();
   auto lists = co_await p_->lookup(keys);
-  object_set objs;
-  std::vector<result<std::uint64_t>> out(keys.size(), std::uint64_t{0});
-  for (std::size_t i = 0; i < keys.size(); ++i) {
-    values.emplace_back(std::vector<std::byte>(lists[i] ? lists[i]->size : 0));
-    objs.add(values[i]->data(), values[i]->size());
-    objs.next();
-  }
-  co_await p_->read_objects(lists, objs, out, t0);
-  for (std::size_t i = 0; i < keys.size(); ++i)
-    if (!out[i]) values[i] = fail(out[i].error());
-  co_return values;
+  co_return co_await p_->get_values(lists, t0);
 }
 
 task<result<std::uint64_t>> client::get_into(std::string key, void* dst, std::uint64_t size) {

@@ -52,9 +52,13 @@ struct client_config {
   std::string metadata = "memory";
   // "host:port" of a yutu-master; used when create() is not given an in-process master.
   std::string master;
-  // The network transport: "tcp". Same-process and same-host peers use local and shm on top of it.
+  // The network transport between hosts: "tcp", or "rdma" (the NICs in engine.rdma.devices, every
+  // one found when empty; no fallback to tcp, so a host without working RDMA fails create() with
+  // te_errc::device_not_found instead of moving its bytes slowly). Same-process and same-host peers
+  // use local and shm on top of either.
   std::string protocol = "tcp";
-  // Overrides the transports derived from protocol (e.g. {"tcp"} to measure tcp on one host).
+  // Overrides the transports derived from protocol (e.g. {"tcp"} to measure tcp on one host, or
+  // {"local", "shm", "rdma", "tcp"} for RDMA with tcp to peers that have none).
   std::vector<std::string> transports;
   // Memory this client contributes (0 = none), mounted as segments of at most max_segment_size.
   std::uint64_t global_segment_size = 0;
@@ -66,6 +70,12 @@ struct client_config {
   bool prefault = true;
   // A registered buffer the application may fill and put from / get into (local_buffer()); 0 = none.
   std::uint64_t local_buffer_size = 0;
+  // Where the engine moves bytes over rdma, which reaches only registered memory, the copying forms
+  // (put, upsert, batch_put, get, batch_get) pass their values through a registered staging area of
+  // this size, a call waiting while others hold it. A call needing more than all of it fails with
+  // buffer_overflow: such values go through put_from / get_into and register_buffer. 0: no staging
+  // (the copying forms then work only over tcp, shm and local).
+  std::uint64_t staging_buffer_size = 64ull << 20;
   // The replication of puts that do not name one.
   replicate_config replica_defaults;
   // Heartbeat period; a master that answers need_remount gets this client's segments again.
@@ -77,11 +87,12 @@ struct client_config {
   std::chrono::milliseconds rpc_timeout{5'000};
   std::size_t rpc_connections = 2;
   std::size_t engine_threads = 2;
-  // Puts over shm (and to this process's own memory) of at least this many bytes use streaming
-  // stores (transfer::engine_config::nontemporal_write_threshold; 0: always memcpy).
-  std::uint64_t nontemporal_write_threshold = transfer::engine_config{}.nontemporal_write_threshold;
-  // Map a storage node's shm memory in the background when first used (engine_config::shm_prefault).
-  bool shm_prefault = transfer::engine_config{}.shm_prefault;
+  // The client's transfer engine: every setting of it not named above, e.g. engine.rdma (NICs, slice
+  // size, queue pairs, busy polling), tcp_connections_per_peer and tcp_slice_size,
+  // nontemporal_write_threshold (streaming stores for shm puts), shm_prefault, connect_timeout. Its
+  // metadata, listen_host/listen_port, threads, transports and batch_deadline are set from
+  // metadata, local_hostname, engine_threads, protocol/transports and transfer_deadline above.
+  transfer::engine_config engine;
   // Replica cache (0 = off): get_into / batch_get_into / batch_get_into_multi_buffers / load_prefix
   // called on an engine thread reuse the replica list of an earlier lookup of the same key, without asking the
   // master, for at most this long and never past half of the lease that lookup took. The lease keeps
