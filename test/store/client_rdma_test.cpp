@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "client_util.hpp"
 #include "transfer/peer_util.hpp"
 #include "transfer/rdma/fake_verbs.hpp"
 #include "yutu/coro/sync_wait.hpp"
@@ -27,20 +28,14 @@ using yutu::store::client_config;
 using yutu::store::master_config;
 using yutu::store::master_state;
 using yutu::test::fake_fabric;
+using yutu::test::buffer;
 using yutu::test::fill_pattern;
 using yutu::test::fnv1a;
+using yutu::test::kib;
+using yutu::test::mib;
+using yutu::test::quiet_master;
 
 namespace {
-
-constexpr std::uint64_t kib = 1024;
-constexpr std::uint64_t mib = 1024 * 1024;
-
-master_config quiet_master() {
-  master_config c;
-  c.client_ttl = std::chrono::hours(24);
-  c.seed = 7;
-  return c;
-}
 
 std::shared_ptr<fake_fabric> two_nics() {
   return std::make_shared<fake_fabric>(std::vector<fake_fabric::device_spec>{
@@ -63,16 +58,6 @@ client_config rdma_config(std::shared_ptr<fake_fabric> fab, std::uint64_t memory
   c.engine.rdma.retry.error_threshold = 3;
   return c;
 }
-
-struct buffer {
-  std::byte* p;
-  std::size_t n;
-  explicit buffer(std::size_t size)
-      : p(static_cast<std::byte*>(std::aligned_alloc(4096, (size + 4095) / 4096 * 4096))), n(size) {}
-  ~buffer() { std::free(p); }
-  buffer(const buffer&) = delete;
-  buffer& operator=(const buffer&) = delete;
-};
 
 }  // namespace
 

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "client_util.hpp"
 #include "transfer/peer_util.hpp"
 #include "yutu/coro/sync_wait.hpp"
 #include "yutu/coro/when_all.hpp"
@@ -32,20 +33,14 @@ using yutu::store::client_config;
 using yutu::store::master_config;
 using yutu::store::master_state;
 using yutu::store::replicate_config;
+using yutu::test::buffer;
 using yutu::test::fill_pattern;
 using yutu::test::fnv1a;
+using yutu::test::kib;
+using yutu::test::mib;
+using yutu::test::quiet_master;
 
 namespace {
-
-constexpr std::uint64_t kib = 1024;
-constexpr std::uint64_t mib = 1024 * 1024;
-
-master_config quiet_master() {
-  master_config c;
-  c.client_ttl = std::chrono::hours(24);
-  c.seed = 7;
-  return c;
-}
 
 std::unique_ptr<client> make_client(master_state& m, std::uint64_t memory, std::vector<std::string> transports = {},
                                     std::size_t replicas = 1) {
@@ -71,16 +66,6 @@ replicate_config replicas(std::size_t n) {
   c.replica_num = n;
   return c;
 }
-
-// Page-aligned memory the tests register with a client.
-struct buffer {
-  std::byte* p;
-  std::size_t n;
-  explicit buffer(std::size_t size) : p(static_cast<std::byte*>(std::aligned_alloc(4096, (size + 4095) / 4096 * 4096))), n(size) {}
-  ~buffer() { std::free(p); }
-  buffer(const buffer&) = delete;
-  buffer& operator=(const buffer&) = delete;
-};
 
 // A storage node that can vanish without unmounting: a bare engine whose memory is mounted by hand
 // as client "node-x". Destroying the engine kills the node; the master still lists its replicas.
