@@ -1422,6 +1422,7 @@ std::string master_state::query_key_json(std::string_view key) const {
   j["hard_pin"] = o.cur.hard_pin;
   j["group"] = o.cur.group;
   j["upsert_in_flight"] = o.pending != nullptr;
+  j["writer"] = o.pending ? o.pending->writer : o.cur.writer;  // the client whose write is newest
   return j.dump();
 }
 

@@ -826,6 +826,7 @@ TEST_CASE("metrics text and the admin JSON views") {
   CHECK(q["size"] == 1000);
   CHECK(q["replicas"].size() == 1);
   CHECK(q["lease_ms_left"] == 0);
+  CHECK(q["writer"] == "c1");
   (void)m.get_replica_list_sync("k");
   f.clock.advance(4s);
   q = nlohmann::json::parse(m.query_key_json("k"));
