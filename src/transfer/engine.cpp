@@ -543,14 +543,50 @@ struct engine::impl final : transport_host {
     out = ec;
   }
 
+  // A request the first transport that can serve it completes on the spot (local, shm): done here,
+  // with no coroutine. false: it needs run_request (a transport that waits, a descriptor to fetch
+  // again, or a failure, which run_request retries with its fallbacks and counts).
+  bool run_now(const transfer_request& r, std::error_code& out) {
+    if (r.length == 0) return true;
+    if (!r.source) return false;
+    auto p = find_peer(r.segment);
+    if (!p) return false;
+    auto desc = p->snapshot();
+    if (!p->self && !desc->find(r.target_offset, r.length)) return false;
+    for (std::size_t i = 0; i < transports.size(); ++i) {
+      transport& t = *transports[i];
+      const peer_info info = p->info(i, desc);
+      if (!t.can_serve(info, r)) continue;
+      const std::optional<std::error_code> ec = t.execute_now(info, r);
+      if (!ec || *ec) return false;
+      auto& c = counters_for(t.name());
+      c.requests.fetch_add(1, std::memory_order_relaxed);
+      c.bytes.fetch_add(r.length, std::memory_order_relaxed);
+      out = {};
+      return true;
+    }
+    return false;
+  }
+
   task<void> run_batch(std::span<const transfer_request> batch, std::vector<std::error_code>& errors) {
-    if (batch.size() == 1) {
-      co_await run_request(batch[0], errors[0]);
+    std::size_t waiting = 0, last = 0;
+    std::vector<bool> done(batch.size(), false);
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      done[i] = run_now(batch[i], errors[i]);
+      if (!done[i]) {
+        ++waiting;
+        last = i;
+      }
+    }
+    if (waiting == 0) co_return;
+    if (waiting == 1) {
+      co_await run_request(batch[last], errors[last]);
       co_return;
     }
     std::vector<task<void>> tasks;
-    tasks.reserve(batch.size());
-    for (std::size_t i = 0; i < batch.size(); ++i) tasks.push_back(run_request(batch[i], errors[i]));
+    tasks.reserve(waiting);
+    for (std::size_t i = 0; i < batch.size(); ++i)
+      if (!done[i]) tasks.push_back(run_request(batch[i], errors[i]));
     co_await coro::when_all(std::move(tasks));
   }
 

@@ -7,11 +7,15 @@
 
 namespace yutu::transfer::detail {
 
-task<std::error_code> local_transport::execute(const peer_info&, const transfer_request& r) {
+task<std::error_code> local_transport::execute(const peer_info& peer, const transfer_request& r) {
+  co_return *execute_now(peer, r);
+}
+
+std::optional<std::error_code> local_transport::execute_now(const peer_info&, const transfer_request& r) {
   // The same rule a remote target applies: only remotely accessible, registered ranges.
   memory_registry::reader rd(host_.registry());
   const registered_buffer* b = rd.get().find(r.target_offset, r.length);
-  if (!b || !b->remote_accessible) co_return make_error_code(te_errc::address_not_registered);
+  if (!b || !b->remote_accessible) return make_error_code(te_errc::address_not_registered);
   auto* target = reinterpret_cast<void*>(r.target_offset);
   // A write between two ranges of this process's own memory may overlap: only memmove copes.
   const auto src = reinterpret_cast<std::uintptr_t>(r.source);
@@ -22,7 +26,7 @@ task<std::error_code> local_transport::execute(const peer_info&, const transfer_
     std::memmove(target, r.source, r.length);
   else
     std::memmove(r.source, target, r.length);
-  co_return std::error_code{};
+  return std::error_code{};
 }
 
 }  // namespace yutu::transfer::detail

@@ -109,11 +109,15 @@ bool shm_transport::can_serve(const peer_info& peer, const transfer_request& r) 
 }
 
 task<std::error_code> shm_transport::execute(const peer_info& peer, const transfer_request& r) {
+  co_return *execute_now(peer, r);
+}
+
+std::optional<std::error_code> shm_transport::execute_now(const peer_info& peer, const transfer_request& r) {
   auto& st = *static_cast<shm_peer_state*>(peer.state);
   const segment_desc& d = *peer.desc;
   const buffer_desc* b = d.find(r.target_offset, r.length);
-  if (!b) co_return make_error_code(te_errc::address_not_registered);
-  if (b->shm_fd < 0) co_return make_error_code(te_errc::no_transport);
+  if (!b) return make_error_code(te_errc::address_not_registered);
+  if (b->shm_fd < 0) return make_error_code(te_errc::no_transport);
   std::byte* target = nullptr;
   {
     std::lock_guard lk(st.mu);
@@ -131,14 +135,14 @@ task<std::error_code> shm_transport::execute(const peer_info& peer, const transf
       }
     }
     if (st.live && st.live->exited.load(std::memory_order_acquire))
-      co_return make_error_code(te_errc::peer_unreachable);
+      return make_error_code(te_errc::peer_unreachable);
     auto it = st.maps.find(b->shm_fd);
     if (it == st.maps.end()) {
       auto m = shm_mapping::open(d.pid, b->shm_fd, b->shm_size);
       if (!m) {
         log::info("engine {}: mapping {}'s memory failed ({}); falling back", host_.local_name(), *peer.name,
                   m.error().message());
-        co_return make_error_code(te_errc::no_transport);
+        return make_error_code(te_errc::no_transport);
       }
       it = st.maps.emplace(b->shm_fd, std::make_shared<shm_mapping>(std::move(*m))).first;
       if (host_.config().shm_prefault) host_.spawn_on(0, populate(it->second, st.live, stopping_.get_token()));
@@ -149,7 +153,7 @@ task<std::error_code> shm_transport::execute(const peer_info& peer, const transf
     copy_to_peer(target, r.source, r.length, host_.config().nontemporal_write_threshold);
   else
     std::memcpy(r.source, target, r.length);
-  co_return std::error_code{};
+  return std::error_code{};
 }
 
 void shm_transport::close_peer(const peer_info& peer) noexcept {

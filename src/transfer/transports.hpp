@@ -20,6 +20,7 @@ class local_transport final : public transport {
   std::string_view name() const noexcept override { return "local"; }
   bool can_serve(const peer_info& peer, const transfer_request&) const override { return peer.self; }
   task<std::error_code> execute(const peer_info& peer, const transfer_request& r) override;
+  std::optional<std::error_code> execute_now(const peer_info& peer, const transfer_request& r) override;
 };
 
 // Same host, other process: the peer's memfd-backed buffers mapped once, then memcpy.
@@ -30,6 +31,7 @@ class shm_transport final : public transport {
   std::unique_ptr<transport_peer_state> make_peer_state(const peer_info&) override;
   bool can_serve(const peer_info& peer, const transfer_request& r) const override;
   task<std::error_code> execute(const peer_info& peer, const transfer_request& r) override;
+  std::optional<std::error_code> execute_now(const peer_info& peer, const transfer_request& r) override;
   void close_peer(const peer_info& peer) noexcept override;
   void shutdown() noexcept override { stopping_.request_stop(); }
 
