@@ -326,9 +326,10 @@ int main(int argc, char** argv) {
     if (a == "--help" || a == "-h") {
       std::printf(
           "usage: store_bench [--duration S] [--inflight N] [--node-memory SIZE] [--sizes 64KiB,1MiB,16MiB]\n"
-          "                   [--batches 1,32] [--transports tcp,shm] [--in-process-master] [--own-reactor]\n"
+          "                   [--batches 1,32] [--transports tcp,shm|rdma] [--in-process-master] [--own-reactor]\n"
           "                   [--replica-cache MS] [--put-reservation SIZE] [--nontemporal-threshold SIZE]\n"
           "                   [--quick]\n"
+          "  --transports rdma: the node and the client over RDMA NICs (every one found), measured alone\n"
           "  --own-reactor: callers run on a reactor of the bench's own, not on the engine's threads\n"
           "                 (every master call and transfer then crosses threads twice)\n"
           "  --replica-cache MS: the client reuses replica lists for up to MS ms (client_config::\n"
@@ -355,8 +356,16 @@ int main(int argc, char** argv) {
     } else if (a == "--transports") {
       std::string v = next();
       o.transports.clear();
-      if (v.find("tcp") != std::string::npos) o.transports.push_back("tcp");
-      if (v.find("shm") != std::string::npos) o.transports.push_back("shm");
+      for (std::size_t from = 0; from <= v.size();) {
+        const std::size_t comma = std::min(v.find(',', from), v.size());
+        const std::string t = v.substr(from, comma - from);
+        if (t != "tcp" && t != "shm" && t != "rdma") {
+          std::fprintf(stderr, "store_bench: --transports takes tcp, shm and rdma, not '%s'\n", t.c_str());
+          return 2;
+        }
+        o.transports.push_back(t);
+        from = comma + 1;
+      }
     } else if (a == "--in-process-master") {
       o.in_process_master = true;
     } else if (a == "--own-reactor") {
@@ -382,6 +391,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "store_bench: bad options\n");
     return 2;
   }
+  // The storage node speaks one network protocol: rdma is measured in a run of its own.
+  const bool rdma = std::find(o.transports.begin(), o.transports.end(), "rdma") != o.transports.end();
+  if (rdma && o.transports.size() > 1) {
+    std::fprintf(stderr, "store_bench: measure rdma alone (--transports rdma)\n");
+    return 2;
+  }
   const std::uint64_t op_budget = 512ull << 20;  // bytes one worker's batch may span
   std::uint64_t max_op = 0;
   for (auto sz : o.sizes)
@@ -390,11 +405,13 @@ int main(int argc, char** argv) {
 
   embedded_config ec;
   ec.memory = o.node_memory;
+  if (rdma) ec.protocol = "rdma";
   // Long enough for a 512 MiB get; short, because memory force-removed under a lease is held until it ends.
   ec.master.default_kv_lease_ttl = std::chrono::milliseconds(5000);
   auto store = embedded::create(ec);
   if (!store) {
-    std::fprintf(stderr, "store_bench: embedded store: %s\n", store.error().message().c_str());
+    std::fprintf(stderr, "store_bench: embedded store: %s%s\n", store.error().message().c_str(),
+                 rdma && store.error() == yutu::te_errc::device_not_found ? " (no RDMA NIC opened: nothing measured)" : "");
     return 1;
   }
   // The raw reference's target: memory of the node's engine, beside the store's segments.
@@ -431,8 +448,14 @@ int main(int argc, char** argv) {
   int fig = 0;
   for (const auto& transport : o.transports) {
     client_config cc;
-    cc.transports = transport == "tcp" ? std::vector<std::string>{"tcp"}
-                                       : std::vector<std::string>{"local", "shm", "tcp"};
+    // Each figure's bytes cross the transport it names: tcp and rdma alone, even on one host.
+    if (transport == "rdma") {
+      cc.protocol = "rdma";
+      cc.transports = {"rdma"};
+    } else {
+      cc.transports = transport == "tcp" ? std::vector<std::string>{"tcp"}
+                                         : std::vector<std::string>{"local", "shm", "tcp"};
+    }
     cc.transfer_deadline = std::chrono::milliseconds(60'000);
     cc.rpc_timeout = std::chrono::milliseconds(10'000);
     cc.replica_cache_max_age = o.replica_cache;
