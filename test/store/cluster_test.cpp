@@ -325,6 +325,19 @@ TEST_CASE("a node frozen past the client TTL is expired, then re-mounts; SIGTERM
   CHECK(r.block_on(c->get("three")).value() == value_of(1, 4096));
 }
 
+TEST_CASE("yutu-node --protocol rdma without a usable NIC exits 1 at once instead of serving nothing") {
+  if (!have_binaries()) return;
+  // No machine has a NIC of that name, so this holds with or without RDMA hardware: the node stops
+  // before it mounts memory no other host could reach (and before it looks for the master).
+  child_process n;
+  REQUIRE(n.start(exe("YUTU_TEST_NODE_EXE"), {"--protocol", "rdma", "--rdma-devices", "no_such_nic0", "--metadata",
+                                             "P2PHANDSHAKE", "--master", "127.0.0.1:1", "--master-wait", "0",
+                                             "--memory", "16MiB"}));
+  REQUIRE(n.wait_for_exit(20s));
+  CHECK(WIFEXITED(n.status()));
+  CHECK(WEXITSTATUS(n.status()) == 1);
+}
+
 TEST_CASE("yutu-node: --help, and a bad flag or size is refused") {
   if (!have_binaries()) return;
   child_process h;
@@ -332,8 +345,12 @@ TEST_CASE("yutu-node: --help, and a bad flag or size is refused") {
   CHECK_FALSE(h.wait_for_line("usage", 5s).empty());
   REQUIRE(h.wait_for_exit(5s));
   CHECK(h.exited_cleanly());
-  for (std::vector<std::string> args : {std::vector<std::string>{"--memory", "lots", "--master", "127.0.0.1:1"},
-                                        std::vector<std::string>{"--frobnicate"}, std::vector<std::string>{}}) {
+  using args_t = std::vector<std::string>;
+  for (args_t args : {args_t{"--memory", "lots", "--master", "127.0.0.1:1"}, args_t{"--frobnicate"}, args_t{},
+                      args_t{"--protocol", "udp", "--master", "127.0.0.1:1"},
+                      args_t{"--rdma-devices", "mlx5_0,", "--master", "127.0.0.1:1"},
+                      args_t{"--rdma-devices", "", "--master", "127.0.0.1:1"}}) {
+    CAPTURE(args.size());
     child_process b;
     REQUIRE(b.start(exe("YUTU_TEST_NODE_EXE"), args));
     REQUIRE(b.wait_for_exit(5s));
