@@ -11,10 +11,12 @@
 // operations run at once (fewer for operations over 512 MiB), spread over the client engine's
 // threads: each worker first does `co_await engine.schedule()`, as a serving process's caller should
 // (`--own-reactor`: all on one reactor of the bench's own, paying a thread hop there and back per
-// master call and per transfer). Before the figures
-// of a transport, one write pass over the node's memory faults it in (steady state). Output: a table,
-// then one JSON line (last). First, as the floor under every master call, it measures a blocking
-// loopback TCP round trip between two threads.
+// master call and per transfer). Before the figures of a transport, one write pass over the node's
+// memory faults it in (steady state). Within a figure the store, the raw references and a master
+// round trip (exist() of an absent key) are measured in turn, `--rounds` times; the round trip gives
+// each figure the bound a store that waits for it cannot beat. Output: a table, then one JSON line
+// (last). First, as the floor under every master call, it measures a blocking loopback TCP round
+// trip between two threads. `--transports rdma` runs the node and the client over RDMA NICs.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -48,6 +50,7 @@ using namespace yutu::store;
 
 struct options {
   double duration = 1.0;
+  std::size_t rounds = 3;  // store and raw alternate this many times within a figure
   std::size_t inflight = 2;
   std::uint64_t node_memory = 2ull << 30;
   std::vector<std::uint64_t> sizes{64 << 10, 1 << 20, 16 << 20};
@@ -95,6 +98,7 @@ struct figure_ctx {
   std::size_t batch = 0;
   clk::time_point deadline;
   std::string prefix;
+  std::size_t round = 0;  // slice of the figure: in the put keys, so each slice's are new
 };
 
 // Whether a worker goes on: until the figure's deadline, and at least three operations, so that a
@@ -112,7 +116,7 @@ task<void> put_worker(figure_ctx& f, std::byte* buf, std::size_t w, sample& s) {
   std::vector<std::uint64_t> sizes(f.batch, f.size);
   for (std::size_t k = 0; k < f.batch; ++k) srcs.push_back(buf + k * f.size);
   for (std::size_t it = 0; more(f, it); ++it) {
-    for (std::size_t k = 0; k < f.batch; ++k) keys[k] = fmt::format("{}-{}-{}-{}", f.prefix, w, it, k);
+    for (std::size_t k = 0; k < f.batch; ++k) keys[k] = fmt::format("{}-{}-{}-{}-{}", f.prefix, f.round, w, it, k);
     auto t0 = clk::now();
     auto res = co_await f.c->batch_put_from(keys, srcs, sizes);
     s.lat_us.push_back(std::chrono::duration<double, std::micro>(clk::now() - t0).count());
@@ -233,6 +237,15 @@ task<void> run_figure(figure_ctx& f, kind k, std::byte* buf, std::size_t workers
   }
 }
 
+// Adds one slice of a figure to what the earlier slices measured.
+void add(sample& into, sample s) {
+  into.bytes += s.bytes;
+  into.seconds += s.seconds;
+  into.lat_us.insert(into.lat_us.end(), s.lat_us.begin(), s.lat_us.end());
+  if (s.errors && !into.errors) into.first_error = s.first_error;
+  into.errors += s.errors;
+}
+
 sample measure(yutu::io::reactor& r, figure_ctx& f, kind k, std::byte* buf, std::size_t workers, double duration) {
   sample s;
   auto t0 = clk::now();
@@ -328,7 +341,9 @@ int main(int argc, char** argv) {
           "usage: store_bench [--duration S] [--inflight N] [--node-memory SIZE] [--sizes 64KiB,1MiB,16MiB]\n"
           "                   [--batches 1,32] [--transports tcp,shm|rdma] [--in-process-master] [--own-reactor]\n"
           "                   [--replica-cache MS] [--put-reservation SIZE] [--nontemporal-threshold SIZE]\n"
-          "                   [--quick]\n"
+          "                   [--rounds N] [--quick]\n"
+          "  --rounds N: the store and the raw references alternate N times within each figure, --duration / N\n"
+          "                 each (default 3), so that drift of the machine lands on both sides of a ratio\n"
           "  --transports rdma: the node and the client over RDMA NICs (every one found), measured alone\n"
           "  --own-reactor: callers run on a reactor of the bench's own, not on the engine's threads\n"
           "                 (every master call and transfer then crosses threads twice)\n"
@@ -342,6 +357,8 @@ int main(int argc, char** argv) {
       return 0;
     } else if (a == "--duration") {
       o.duration = std::atof(next().c_str());
+    } else if (a == "--rounds") {
+      o.rounds = static_cast<std::size_t>(std::atoi(next().c_str()));
     } else if (a == "--inflight") {
       o.inflight = static_cast<std::size_t>(std::atoi(next().c_str()));
     } else if (a == "--node-memory") {
@@ -387,7 +404,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (!(o.duration > 0) || o.inflight == 0 || o.transports.empty()) {
+  if (!(o.duration > 0) || o.inflight == 0 || o.transports.empty() || o.rounds == 0) {
     std::fprintf(stderr, "store_bench: bad options\n");
     return 2;
   }
@@ -525,21 +542,27 @@ int main(int argc, char** argv) {
           // How many master round trips this figure's calls wait for, and what one costs now.
           const bool reserved = o.put_reservation && size <= client_config{}.put_reservation_max_object;
           const int trips = op == "put" ? (reserved ? 1 : 2) : (o.replica_cache.count() > 0 ? 0 : 1);
-          sample mrtt;
-          if (trips > 0) mrtt = measure(r, f, kind::master_rtt, buf.get(), workers, std::min(o.duration, 0.3));
-          const double master_p50 = pct(mrtt.lat_us, 0.5), master_mean = mean(mrtt.lat_us);
-          sample st, raw, fresh;
-          if (op == "put") {
-            st = measure(r, f, kind::store_put, buf.get(), workers, o.duration);
-            raw = measure(r, f, kind::raw_put, buf.get(), workers, o.duration);
-          } else {
-            if (!r.block_on(prefill(f, buf.get(), workers))) return 1;
-            st = measure(r, f, kind::store_get, buf.get(), workers, o.duration);
-            raw = measure(r, f, kind::raw_get, buf.get(), workers, o.duration);
+          // The store and its references alternate in `rounds` slices, so that the machine's drift
+          // over the figure (other tenants, frequency) lands on both sides of each ratio.
+          const double slice = o.duration / static_cast<double>(o.rounds);
+          sample mrtt, st, raw, fresh;
+          if (op == "get" && !r.block_on(prefill(f, buf.get(), workers))) return 1;
+          for (std::size_t round = 0; round < o.rounds; ++round) {
+            f.round = round;
+            if (trips > 0) add(mrtt, measure(r, f, kind::master_rtt, buf.get(), workers, std::min(slice, 0.1)));
+            if (op == "put") {
+              add(st, measure(r, f, kind::store_put, buf.get(), workers, slice));
+              add(raw, measure(r, f, kind::raw_put, buf.get(), workers, slice));
+              // Over the store's memory, where this figure's objects lie: they are never read, and
+              // remove_all below drops them.
+              add(fresh, measure(r, f, kind::raw_put_fresh, buf.get(), workers, slice));
+            } else {
+              add(st, measure(r, f, kind::store_get, buf.get(), workers, slice));
+              add(raw, measure(r, f, kind::raw_get, buf.get(), workers, slice));
+            }
           }
           (void)r.block_on((*c)->remove_all(true));
-          // After the remove: the fresh reference writes over memory the store no longer uses.
-          if (op == "put") fresh = measure(r, f, kind::raw_put_fresh, buf.get(), workers, o.duration);
+          const double master_p50 = pct(mrtt.lat_us, 0.5), master_mean = mean(mrtt.lat_us);
           const double gib = static_cast<double>(1ull << 30);
           double sg = static_cast<double>(st.bytes) / gib / st.seconds;
           double rg = static_cast<double>(raw.bytes) / gib / raw.seconds;
@@ -608,6 +631,7 @@ int main(int argc, char** argv) {
   j["replica_cache_ms"] = o.replica_cache.count();
   j["put_reservation_bytes"] = o.put_reservation;
   j["duration_s"] = o.duration;
+  j["rounds"] = o.rounds;
   j["results"] = results;
   j["min_ratio"] = min_ratio;
   j["loopback_rtt_p50_us"] = rtt_us;
