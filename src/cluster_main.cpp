@@ -67,7 +67,7 @@ constexpr const char* usage =
     "                         (client_config::put_reservation_bytes; 0 = off): a put of missed\n"
     "                         blocks then takes one master round trip instead of two (default 32MiB)\n"
     "  --nontemporal-threshold SIZE\n"
-    "                         shm puts of at least SIZE use streaming stores (client_config::\n"
+    "                         shm puts of at least SIZE use streaming stores (client_config::engine.\n"
     "                         nontemporal_write_threshold; 0 = always memcpy; default 64KiB)\n"
     "  --transports LIST      client transports, e.g. tcp (default: local,shm,tcp)\n"
     "  --trace FILE           a Mooncake trace (.jsonl); default: conversation_trace.jsonl from\n"
