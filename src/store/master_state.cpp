@@ -4,7 +4,6 @@
 #include <sys/mman.h>
 
 #include <algorithm>
-#include <limits>
 #include <new>
 #include <mutex>
 #include <optional>
@@ -338,9 +337,6 @@ struct segment_entry {
   bool mounted = false;
   std::unique_ptr<offset_allocator> alloc;
   time_point last_watermark_eviction{};
-  // What the current watermark round still has to free here: the round is paid in steps of at most
-  // watermark_step_victims objects, one step per allocation that lands on this segment.
-  std::uint64_t evict_debt = 0;
   time_point latest_deferred{};  // the latest deferred free of this mounting's replicas
   time_point usable_from{};      // quarantined until then (see master_state.hpp)
 };
@@ -510,7 +506,6 @@ struct master_state::impl {
     s.mounted = true;
     s.alloc = std::move(alloc);
     s.last_watermark_eviction = time_point{};
-    s.evict_debt = 0;
     s.latest_deferred = time_point{};
     s.usable_from = time_point{};
     if (auto q = quarantine.find(seg.name); q != quarantine.end()) {
@@ -725,18 +720,14 @@ struct master_state::impl {
     return b;
   }
 
-  // Frees at least `target` bytes (counted in segment `seg` only, if given) in LRU order. With
-  // `max_victims`, stops earlier once that many objects are taken (a group whole) and at least
-  // `min_bytes` are freed. Returns the bytes freed as counted.
-  std::uint64_t evict(std::uint64_t target, std::optional<std::uint32_t> seg, time_point now,
-                      std::size_t max_victims = std::numeric_limits<std::size_t>::max(),
-                      std::uint64_t min_bytes = 0) {
+  // Frees at least `target` bytes (counted in segment `seg` only, if given) in LRU order. Returns the
+  // bytes freed as counted.
+  std::uint64_t evict(std::uint64_t target, std::optional<std::uint32_t> seg, time_point now) {
     ++m.attempted_evictions;
     std::vector<object_entry*> victims;
     std::uint64_t freed = 0;
-    const auto more = [&] { return freed < target && (victims.size() < max_victims || freed < min_bytes); };
     for (const bool allow_soft : {false, true}) {
-      for (object_entry* o = lru_head; o && more(); o = o->lru_next) {
+      for (object_entry* o = lru_head; o && freed < target; o = o->lru_next) {
         if (o->victim || is_protected(*o, now)) continue;
         if (!allow_soft && soft_pinned(*o, now)) continue;
         if (seg && bytes_in(*o, seg) == 0) continue;
@@ -774,34 +765,17 @@ struct master_state::impl {
     return c;
   }
 
-  // Past the high watermark a round frees eviction_ratio of the segment, as Mooncake's does, but
-  // paced: each allocation on the segment frees about twice its own size (at least one object) until
-  // the round is paid, so the round is spread over the puts that follow instead of one put paying it
-  // all. Whole, a round (5 % of a 2 GiB segment of 64 KiB objects: 1638 of them) held the master's
-  // lock for 300-600 us while every request behind it waited.
-  static constexpr std::size_t watermark_step_victims = 1;
-
   void watermark_check(time_point now) {
     if (!cfg.enable_eviction) return;
     for (const placed_replica& p : placed) {
       segment_entry& s = segments[p.segment];
       const auto cap = static_cast<double>(s.alloc->capacity());
-      if (s.evict_debt == 0) {
-        if (static_cast<double>(s.alloc->used()) <= cfg.eviction_high_watermark_ratio * cap) continue;
-        if (s.last_watermark_eviction != time_point{} && now - s.last_watermark_eviction < cfg.eviction_min_interval) {
-          continue;
-        }
-        s.evict_debt = std::max<std::uint64_t>(1, static_cast<std::uint64_t>(cfg.eviction_ratio * cap));
+      if (static_cast<double>(s.alloc->used()) <= cfg.eviction_high_watermark_ratio * cap) continue;
+      if (s.last_watermark_eviction != time_point{} && now - s.last_watermark_eviction < cfg.eviction_min_interval) {
+        continue;
       }
-      const std::uint64_t freed = evict(s.evict_debt, p.segment, now, watermark_step_victims, 2 * p.alloc.size);
-      if (freed == 0) {
-        // Nothing evictable (all leased, pinned or in flight): the round ends, and the next one waits
-        // out eviction_min_interval, so that puts do not each walk the whole LRU list for nothing.
-        s.last_watermark_eviction = now;
-        s.evict_debt = 0;
-      } else {
-        s.evict_debt = freed >= s.evict_debt ? 0 : s.evict_debt - freed;
-      }
+      s.last_watermark_eviction = now;
+      evict(static_cast<std::uint64_t>(cfg.eviction_ratio * cap), p.segment, now);
     }
   }
 
@@ -1168,34 +1142,23 @@ result<void> master_state::put_revoke_sync(const client_id& client, std::string_
   return r;
 }
 
-namespace {
-constexpr std::size_t put_start_keys_per_lock = 64;
-}  // namespace
-
 std::vector<result<std::vector<replica_desc>>> master_state::batch_put_start_sync(
     const client_id& client, std::span<const std::string> keys, std::span<const std::uint64_t> sizes,
     const replicate_config& cfg) {
   std::vector<result<std::vector<replica_desc>>> out;
   out.reserve(keys.size());
-  // The lock is taken per put_start_keys_per_lock keys: each start allocates and may evict, and a
-  // batch of thousands (a client's reservation refill) held it for milliseconds while every other
-  // request, a commit of 32 keys taking 3 us among them, waited. The keys of a batch were never one
-  // atomic step: each has its own result.
-  for (std::size_t from = 0; from < keys.size() || from == 0; from += put_start_keys_per_lock) {
-    std::lock_guard lock(impl_->mu);
-    const time_point now = impl_->clock();
-    if (from == 0) impl_->maintain(now);
-    const std::size_t to = std::min(keys.size(), from + put_start_keys_per_lock);
-    for (std::size_t i = from; i < to; ++i) {
-      if (sizes.size() != keys.size()) {
-        out.emplace_back(fail(errc::invalid_params));
-      } else {
-        if (i + prefetch_distance < to) impl_->objects.prefetch(keys[i + prefetch_distance]);
-        out.push_back(impl_->put_start(client, keys[i], sizes[i], cfg, false, now));
-      }
+  std::lock_guard lock(impl_->mu);
+  const time_point now = impl_->clock();
+  impl_->maintain(now);
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    if (sizes.size() != keys.size()) {
+      out.emplace_back(fail(errc::invalid_params));
+    } else {
+      if (i + prefetch_distance < keys.size()) impl_->objects.prefetch(keys[i + prefetch_distance]);
+      out.push_back(impl_->put_start(client, keys[i], sizes[i], cfg, false, now));
     }
-    if (to == keys.size()) record_batch(impl_->m, master_op::batch_put_start, out);
   }
+  record_batch(impl_->m, master_op::batch_put_start, out);
   return out;
 }
 

@@ -67,9 +67,8 @@ struct master_config {
   double eviction_high_watermark_ratio = 0.90;
   double eviction_ratio = 0.05;  // fraction of the capacity one eviction round frees
   bool enable_eviction = true;
-  // After a watermark-triggered round found nothing evictable on a segment (everything leased,
-  // pinned or in flight), the next one waits this long, so that puts do not each walk the whole LRU
-  // list. A round frees eviction_ratio of the segment in steps, about twice each put's size per put.
+  // At most one watermark-triggered round per segment in this interval: when nothing evictable is
+  // left (everything leased), puts must not each walk the whole LRU list.
   std::chrono::milliseconds eviction_min_interval{10};
   std::chrono::milliseconds client_ttl{10'000};
   std::chrono::milliseconds default_kv_soft_pin_ttl{30 * 60 * 1000};
