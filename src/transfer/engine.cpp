@@ -496,24 +496,41 @@ struct engine::impl final : transport_host {
     if (d) set_desc(*p, std::move(*d));
   }
 
-  task<void> run_request(const transfer_request& r, std::error_code& out) {
-    if (r.length == 0) co_return;
-    if (!r.source) {
+  // A request's peer and a snapshot of its descriptor that covers the target range (or is this
+  // engine's own), found once by run_now and reused by run_request.
+  struct resolved {
+    std::shared_ptr<peer> p;
+    std::shared_ptr<const segment_desc> desc;
+  };
+
+  // Finds the request's peer and a descriptor covering its range, fetching the descriptor again
+  // once if ours may predate a registration. Sets `out` and returns false on a bad request.
+  task<bool> resolve(const transfer_request& r, std::error_code& out, resolved& res) {
+    if (!r.source || !(res.p = find_peer(r.segment))) {
       out = make_error_code(te_errc::invalid_argument);
-      co_return;
-    }
-    auto p = find_peer(r.segment);
-    if (!p) {
-      out = make_error_code(te_errc::invalid_argument);
-      co_return;
+      co_return false;
     }
     // One snapshot of the descriptor serves every transport tried (each copy takes the peer's lock).
-    auto desc = p->snapshot();
-    if (!p->self && !desc->find(r.target_offset, r.length)) {
-      // Our copy of the descriptor may predate a registration: look again once.
-      co_await refresh(p);
-      desc = p->snapshot();
+    res.desc = res.p->snapshot();
+    if (!res.p->self && !res.desc->find(r.target_offset, r.length)) {
+      co_await refresh(res.p);
+      res.desc = res.p->snapshot();
     }
+    co_return true;
+  }
+
+  void count_success(const transport& t, const transfer_request& r) {
+    auto& c = counters_for(t.name());
+    c.requests.fetch_add(1, std::memory_order_relaxed);
+    c.bytes.fetch_add(r.length, std::memory_order_relaxed);
+  }
+
+  // `res`: what run_now found out (empty when it could not resolve the request).
+  task<void> run_request(const transfer_request& r, std::error_code& out, resolved res) {
+    if (r.length == 0) co_return;
+    if (!res.p && !co_await resolve(r, out, res)) co_return;
+    auto& p = res.p;
+    auto& desc = res.desc;
     std::error_code ec = make_error_code(te_errc::no_transport);
     std::string_view prev;
     for (std::size_t i = 0; i < transports.size(); ++i) {
@@ -525,14 +542,12 @@ struct engine::impl final : transport_host {
         log::info("engine {}: {} to {} failed ({}); falling back to {}", name, prev, p->name, ec.message(), t.name());
       }
       ec = co_await t.execute(info, r);
-      auto& c = counters_for(t.name());
       if (!ec) {
-        c.requests.fetch_add(1, std::memory_order_relaxed);
-        c.bytes.fetch_add(r.length, std::memory_order_relaxed);
+        count_success(t, r);
         out = {};
         co_return;
       }
-      c.failures.fetch_add(1, std::memory_order_relaxed);
+      counters_for(t.name()).failures.fetch_add(1, std::memory_order_relaxed);
       if (ec == te_errc::stale_segment || ec == te_errc::peer_unreachable) {
         co_await refresh(p);
         desc = p->snapshot();
@@ -545,8 +560,9 @@ struct engine::impl final : transport_host {
 
   // A request the first transport that can serve it completes on the spot (local, shm): done here,
   // with no coroutine. false: it needs run_request (a transport that waits, a descriptor to fetch
-  // again, or a failure, which run_request retries with its fallbacks and counts).
-  bool run_now(const transfer_request& r, std::error_code& out) {
+  // again, or a failure, which run_request retries with its fallbacks and counts); `res` then holds
+  // the peer and descriptor found, when they cover the request, so that it does not look again.
+  bool run_now(const transfer_request& r, std::error_code& out, resolved& res) {
     if (r.length == 0) return true;
     if (!r.source) return false;
     auto p = find_peer(r.segment);
@@ -558,35 +574,32 @@ struct engine::impl final : transport_host {
       const peer_info info = p->info(i, desc);
       if (!t.can_serve(info, r)) continue;
       const std::optional<std::error_code> ec = t.execute_now(info, r);
-      if (!ec || *ec) return false;
-      auto& c = counters_for(t.name());
-      c.requests.fetch_add(1, std::memory_order_relaxed);
-      c.bytes.fetch_add(r.length, std::memory_order_relaxed);
-      out = {};
-      return true;
+      if (ec && !*ec) {
+        count_success(t, r);
+        out = {};
+        return true;
+      }
+      break;
     }
+    res = resolved{std::move(p), std::move(desc)};
     return false;
   }
 
   task<void> run_batch(std::span<const transfer_request> batch, std::vector<std::error_code>& errors) {
-    std::size_t waiting = 0, last = 0;
-    std::vector<bool> done(batch.size(), false);
+    // The requests run_now could not finish, with what it found out about each.
+    std::vector<std::pair<std::size_t, resolved>> rest;
     for (std::size_t i = 0; i < batch.size(); ++i) {
-      done[i] = run_now(batch[i], errors[i]);
-      if (!done[i]) {
-        ++waiting;
-        last = i;
-      }
+      resolved res;
+      if (!run_now(batch[i], errors[i], res)) rest.emplace_back(i, std::move(res));
     }
-    if (waiting == 0) co_return;
-    if (waiting == 1) {
-      co_await run_request(batch[last], errors[last]);
+    if (rest.empty()) co_return;
+    if (rest.size() == 1) {
+      co_await run_request(batch[rest[0].first], errors[rest[0].first], std::move(rest[0].second));
       co_return;
     }
     std::vector<task<void>> tasks;
-    tasks.reserve(waiting);
-    for (std::size_t i = 0; i < batch.size(); ++i)
-      if (!done[i]) tasks.push_back(run_request(batch[i], errors[i]));
+    tasks.reserve(rest.size());
+    for (auto& [i, res] : rest) tasks.push_back(run_request(batch[i], errors[i], std::move(res)));
     co_await coro::when_all(std::move(tasks));
   }
 
