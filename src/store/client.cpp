@@ -142,6 +142,91 @@ std::error_code first_error(const transfer::batch_result& r, std::size_t from, s
 
 }  // namespace
 
+// A registered area the copying forms pass values through where the engine moves bytes over rdma,
+// which reaches only registered memory (client_config::staging_buffer_size). The semaphore counts
+// its free pages, so a call waits, first come first served, until the pages it needs are free; the
+// allocator under `mu` then places them.
+class staging_area {
+ public:
+  static constexpr std::uint64_t page = 4096;
+
+  // Holds a piece of the area until destroyed.
+  class lease {
+   public:
+    lease(staging_area* owner, allocation a, std::size_t pages) : owner_(owner), a_(a), pages_(pages) {}
+    lease(lease&& o) noexcept : owner_(std::exchange(o.owner_, nullptr)), a_(o.a_), pages_(o.pages_) {}
+    lease(const lease&) = delete;
+    lease& operator=(const lease&) = delete;
+    lease& operator=(lease&&) = delete;
+    ~lease() {
+      if (owner_) owner_->give_back(a_, pages_);
+    }
+    std::byte* data() const noexcept { return reinterpret_cast<std::byte*>(a_.addr); }
+
+   private:
+    staging_area* owner_;
+    allocation a_;
+    std::size_t pages_;
+  };
+
+  // `bytes` rounded up to whole pages; null when the memory cannot be had.
+  static std::unique_ptr<staging_area> create(std::uint64_t bytes) {
+    const std::uint64_t len = (bytes + page - 1) / page * page;
+    auto* mem = static_cast<std::byte*>(std::aligned_alloc(page, len));
+    if (!mem) return nullptr;
+    return std::unique_ptr<staging_area>(new staging_area(mem, len));
+  }
+  ~staging_area() { std::free(mem_); }
+  staging_area(const staging_area&) = delete;
+  staging_area& operator=(const staging_area&) = delete;
+
+  std::byte* data() const noexcept { return mem_; }
+  std::uint64_t size() const noexcept { return len_; }
+
+  // `bytes` of the area, waiting for other calls to give theirs back; buffer_overflow when more than
+  // the whole area (such a value goes through put_from / get_into and registered memory).
+  task<result<lease>> take(std::uint64_t bytes) {
+    const std::uint64_t rounded = (std::max<std::uint64_t>(bytes, 1) + page - 1) / page * page;
+    if (rounded > len_) co_return fail(errc::buffer_overflow);
+    const std::size_t pages = rounded / page;
+    if (auto r = co_await free_pages_.acquire(pages); !r) co_return fail(r.error());
+    std::optional<allocation> a = place(rounded);
+    if (!a) {
+      // Enough pages, but not in one piece: wait until the area is empty (every page ours), where
+      // anything up to its size fits, and give back what this call does not use.
+      free_pages_.release(pages);
+      const std::size_t all = len_ / page;
+      if (auto r = co_await free_pages_.acquire(all); !r) co_return fail(r.error());
+      a = place(rounded);
+      free_pages_.release(all - pages);
+      if (!a) co_return fail(errc::internal_error);  // an empty area refused what fits in it
+    }
+    co_return lease(this, *a, pages);
+  }
+
+ private:
+  staging_area(std::byte* mem, std::uint64_t len)
+      : mem_(mem), len_(len), alloc_(reinterpret_cast<std::uint64_t>(mem), len, page), free_pages_(len / page) {}
+
+  std::optional<allocation> place(std::uint64_t bytes) {
+    std::lock_guard lk(mu_);
+    return alloc_.allocate(bytes);
+  }
+  void give_back(const allocation& a, std::size_t pages) noexcept {
+    {
+      std::lock_guard lk(mu_);
+      alloc_.free(a);
+    }
+    free_pages_.release(pages);
+  }
+
+  std::byte* mem_;
+  std::uint64_t len_;
+  std::mutex mu_;
+  offset_allocator alloc_;
+  coro::async_semaphore free_pages_;
+};
+
 // ---------------------------------------------------------------------------------------------
 
 struct client::impl {
@@ -159,16 +244,9 @@ struct client::impl {
   std::byte* local_buf = nullptr;
   std::size_t local_len = 0;
 
-  // Staging for the copying forms (put, upsert, batch_put, get, batch_get) where the engine moves
-  // bytes over rdma, which reaches only registered memory: the values pass through this registered
-  // area. Units of the semaphore are its pages, so a call waits (first come, first served) until the
-  // pages it needs are free; the allocator under staging_mu then places them.
-  static constexpr std::uint64_t staging_page = 4096;
-  std::byte* staging = nullptr;
-  std::uint64_t staging_len = 0;
-  std::mutex staging_mu;
-  std::optional<offset_allocator> staging_alloc;
-  std::unique_ptr<coro::async_semaphore> staging_pages;
+  // Where the engine moves bytes over rdma: the registered area the copying forms pass values
+  // through (null otherwise). Destroyed after the body of ~impl has let the engine go.
+  std::unique_ptr<staging_area> staging;
 
   mutable std::mutex reg_mu;
   std::map<std::uintptr_t, std::size_t> registered;
@@ -442,7 +520,6 @@ struct client::impl {
     eng.reset();  // frees the contributed (shared) memory with it
     if (pool) pool->stop_and_join();
     if (local_buf) std::free(local_buf);
-    if (staging) std::free(staging);
   }
 
   bool is_registered(const void* p, std::uint64_t n) const {
@@ -486,59 +563,7 @@ struct client::impl {
 
   // --- staging ---
 
-  struct staging_lease {
-    impl* owner = nullptr;
-    allocation a;
-    std::size_t pages = 0;
-    staging_lease() = default;
-    staging_lease(const staging_lease&) = delete;
-    staging_lease& operator=(const staging_lease&) = delete;
-    staging_lease(staging_lease&& o) noexcept : owner(std::exchange(o.owner, nullptr)), a(o.a), pages(o.pages) {}
-    ~staging_lease() {
-      if (!owner) return;
-      {
-        std::lock_guard lk(owner->staging_mu);
-        owner->staging_alloc->free(a);
-      }
-      owner->staging_pages->release(pages);
-    }
-    std::byte* data() const noexcept { return reinterpret_cast<std::byte*>(a.addr); }
-  };
-
-  // Whether the copying forms stage their values: the engine moves bytes over rdma.
   bool stages() const noexcept { return staging != nullptr; }
-
-  // `bytes` of staging, waiting for other calls to give theirs back; buffer_overflow when more than
-  // the whole area (such a value goes through put_from / get_into and registered memory).
-  task<result<staging_lease>> stage(std::uint64_t bytes) {
-    const std::uint64_t rounded = (std::max<std::uint64_t>(bytes, 1) + staging_page - 1) / staging_page * staging_page;
-    if (rounded > staging_len) co_return fail(errc::buffer_overflow);
-    const std::size_t pages = rounded / staging_page;
-    if (auto r = co_await staging_pages->acquire(pages); !r) co_return fail(r.error());
-    std::optional<allocation> a;
-    {
-      std::lock_guard lk(staging_mu);
-      a = staging_alloc->allocate(rounded);
-    }
-    if (!a) {
-      // Enough pages, but not in one piece: wait until the area is empty (every page ours), where
-      // anything up to its size fits, and give back what this call does not use.
-      staging_pages->release(pages);
-      const std::size_t all = staging_len / staging_page;
-      if (auto r = co_await staging_pages->acquire(all); !r) co_return fail(r.error());
-      {
-        std::lock_guard lk(staging_mu);
-        a = staging_alloc->allocate(rounded);
-      }
-      staging_pages->release(all - pages);
-      if (!a) co_return fail(errc::internal_error);  // an empty area refused what fits in it
-    }
-    staging_lease l;
-    l.owner = this;
-    l.a = *a;
-    l.pages = pages;
-    co_return l;
-  }
 
   static std::uint64_t staged_size(std::uint64_t n) noexcept { return (n + 63) / 64 * 64; }
 
@@ -547,7 +572,7 @@ struct client::impl {
   task<void> put_values(std::span<const std::string> keys, std::span<const std::span<const std::byte>> values,
                         replicate_config cfg_, bool upsert, std::vector<result<void>>& out) {
     object_set objs;
-    std::optional<staging_lease> lease;
+    std::optional<staging_area::lease> lease;
     bool copy = false;
     std::uint64_t total = 0;
     for (const auto& v : values) {
@@ -555,7 +580,7 @@ struct client::impl {
       total += staged_size(v.size());
     }
     if (copy) {
-      auto l = co_await stage(total);
+      auto l = co_await staging->take(total);
       if (!l) {
         for (auto& o : out)
           if (o) o = fail(l.error());
@@ -589,9 +614,9 @@ struct client::impl {
       values.emplace_back(std::vector<std::byte>(l ? l->size : 0));
       if (l) total += staged_size(l->size);
     }
-    std::optional<staging_lease> lease;
-    if (stages()) {
-      auto l = co_await stage(total);
+    std::optional<staging_area::lease> lease;
+    if (stages() && total > 0) {
+      auto l = co_await staging->take(total);
       if (!l) {
         for (std::size_t i = 0; i < lists.size(); ++i)
           values[i] = fail(lists[i] ? l.error() : lists[i].error());
@@ -1172,13 +1197,10 @@ result<std::unique_ptr<client::impl>> build(client_config cfg, master_service* e
     log::warn("store client: no RDMA NIC could be opened; transfers to other hosts use tcp");
   }
   if (p->eng->usable("rdma") && c.staging_buffer_size > 0) {
-    const std::uint64_t len = (c.staging_buffer_size + client::impl::staging_page - 1) / client::impl::staging_page * client::impl::staging_page;
-    p->staging = static_cast<std::byte*>(std::aligned_alloc(client::impl::staging_page, len));
-    if (!p->staging) return fail(std::errc::not_enough_memory);
-    p->staging_len = len;
-    if (auto r = p->eng->register_memory(p->staging, len, "cpu:0", false); !r) return fail(r.error());
-    p->staging_alloc.emplace(reinterpret_cast<std::uint64_t>(p->staging), len, client::impl::staging_page);
-    p->staging_pages = std::make_unique<coro::async_semaphore>(len / client::impl::staging_page);
+    auto area = staging_area::create(c.staging_buffer_size);
+    if (!area) return fail(std::errc::not_enough_memory);
+    if (auto r = p->eng->register_memory(area->data(), area->size(), "cpu:0", false); !r) return fail(r.error());
+    p->staging = std::move(area);
   }
   if (c.replica_cache_max_age.count() > 0) {
     if (c.replica_cache_entries == 0) return fail(errc::invalid_params);
