@@ -372,17 +372,12 @@ int main(int argc, char** argv) {
       for (auto b : parse_sizes(next())) o.batches.push_back(static_cast<std::size_t>(b));
     } else if (a == "--transports") {
       std::string v = next();
-      o.transports.clear();
-      for (std::size_t from = 0; from <= v.size();) {
-        const std::size_t comma = std::min(v.find(',', from), v.size());
-        const std::string t = v.substr(from, comma - from);
+      o.transports = yutu::transfer::split_list(v);
+      for (const std::string& t : o.transports)
         if (t != "tcp" && t != "shm" && t != "rdma") {
           std::fprintf(stderr, "store_bench: --transports takes tcp, shm and rdma, not '%s'\n", t.c_str());
           return 2;
         }
-        o.transports.push_back(t);
-        from = comma + 1;
-      }
     } else if (a == "--in-process-master") {
       o.in_process_master = true;
     } else if (a == "--own-reactor") {

@@ -162,12 +162,7 @@ std::unique_ptr<engine> make_engine(const options& o) {
   engine_config c;
   c.metadata = o.metadata;
   c.transports = transports_for(o.protocol);
-  for (std::size_t pos = 0; pos < o.rdma_devices.size();) {
-    auto comma = o.rdma_devices.find(',', pos);
-    if (comma == std::string::npos) comma = o.rdma_devices.size();
-    if (comma > pos) c.rdma.devices.push_back(o.rdma_devices.substr(pos, comma - pos));
-    pos = comma + 1;
-  }
+  c.rdma.devices = split_list(o.rdma_devices);
   c.rdma.slice_size = o.rdma_slice_size;
   c.rdma.qps_per_endpoint = o.rdma_qps;
   c.rdma.busy_poll = o.rdma_busy_poll;

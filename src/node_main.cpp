@@ -5,7 +5,6 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -86,15 +85,10 @@ int main(int argc, char** argv) {
       }
       cfg.protocol = v;
     } else if (value("--rdma-devices")) {
-      cfg.engine.rdma.devices.clear();
-      for (std::size_t from = 0; from <= v.size();) {
-        const std::size_t comma = std::min(v.find(',', from), v.size());
-        if (comma == from) {
-          std::fprintf(stderr, "yutu-node: bad device list '%s' for --rdma-devices\n", v.c_str());
-          return 2;
-        }
-        cfg.engine.rdma.devices.push_back(v.substr(from, comma - from));
-        from = comma + 1;
+      cfg.engine.rdma.devices = yutu::transfer::split_list(v);
+      if (cfg.engine.rdma.devices.empty()) {  // "every NIC" is the default, not something to spell as ""
+        std::fprintf(stderr, "yutu-node: bad device list '%s' for --rdma-devices\n", v.c_str());
+        return 2;
       }
     } else if (value("--host")) {
       cfg.local_hostname = v;

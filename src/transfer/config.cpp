@@ -26,6 +26,10 @@ result<T> parse_uint(std::string_view s) {
   return v;
 }
 
+bool known_transport(std::string_view t) { return t == "local" || t == "shm" || t == "tcp" || t == "rdma"; }
+
+}  // namespace
+
 std::vector<std::string> split_list(std::string_view s) {
   std::vector<std::string> out;
   while (!s.empty()) {
@@ -37,10 +41,6 @@ std::vector<std::string> split_list(std::string_view s) {
   }
   return out;
 }
-
-bool known_transport(std::string_view t) { return t == "local" || t == "shm" || t == "tcp" || t == "rdma"; }
-
-}  // namespace
 
 result<engine_config> engine_config::from_json(std::string_view text) {
   auto j = nlohmann::json::parse(text, nullptr, false);

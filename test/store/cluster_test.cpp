@@ -348,7 +348,7 @@ TEST_CASE("yutu-node: --help, and a bad flag or size is refused") {
   using args_t = std::vector<std::string>;
   for (args_t args : {args_t{"--memory", "lots", "--master", "127.0.0.1:1"}, args_t{"--frobnicate"}, args_t{},
                       args_t{"--protocol", "udp", "--master", "127.0.0.1:1"},
-                      args_t{"--rdma-devices", "mlx5_0,", "--master", "127.0.0.1:1"},
+                      args_t{"--rdma-devices", ",", "--master", "127.0.0.1:1"},
                       args_t{"--rdma-devices", "", "--master", "127.0.0.1:1"}}) {
     CAPTURE(args.size());
     child_process b;

@@ -433,6 +433,15 @@ TEST_CASE("100k short transfers reuse pooled connections: no port or fd exhausti
   CHECK(init->counters("tcp").requests.load() >= 100'000);
 }
 
+TEST_CASE("comma lists: items in order, empty ones dropped") {
+  using v = std::vector<std::string>;
+  CHECK(split_list("mlx5_0,mlx5_1") == v{"mlx5_0", "mlx5_1"});
+  CHECK(split_list("a,,b,") == v{"a", "b"});
+  CHECK(split_list(",") == v{});
+  CHECK(split_list("") == v{});
+  CHECK(split_list("one") == v{"one"});
+}
+
 TEST_CASE("config from JSON and YUTU_* variables; bad values are errors") {
   auto c = engine_config::from_json(R"({"threads": 3, "transports": ["shm","tcp"], "batch_deadline_ms": 1500})");
   REQUIRE(c);

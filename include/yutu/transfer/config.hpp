@@ -53,6 +53,10 @@ struct rdma_options {
   std::shared_ptr<rdma::verbs> verbs;
 };
 
+// The items of a comma list, empty ones dropped ("a,,b," -> {"a", "b"}): the YUTU_* lists, and the
+// binaries' flags that take one (--rdma-devices, --transports).
+std::vector<std::string> split_list(std::string_view s);
+
 struct engine_config {
   // This engine's segment name. Empty: "<host>:<port>" once the TCP service is bound (P2P style).
   std::string local_segment_name;
