@@ -89,7 +89,7 @@ TEST_CASE("local transfers to self are bounds-checked memcpy") {
 }
 
 TEST_CASE("streaming copies: every alignment and length, nothing written outside the range") {
-  // Head (up to a 64-byte boundary), 128-byte streaming blocks and tail, at every split.
+  // Head (up to a 64-byte boundary), streaming stores over whole 64-byte lines, tail, at every split.
   constexpr std::size_t max_len = (1 << 20) + 300;
   aligned_buf src(max_len + 64), dst(max_len + 256);
   fill_pattern(src.p, src.n, 7);
@@ -155,6 +155,41 @@ TEST_CASE("two engines over tcp: every opcode, unaligned sizes and addresses, da
     CHECK(fnv1a(dst.p + 3, len) == fnv1a(src.p + soff, len));
   }
   CHECK(init->counters("tcp").failures.load() == 0);
+}
+
+TEST_CASE("one batch of requests done inline (local) and waited for (tcp), with bad ones of each, each its own result") {
+  auto target = make_engine({"local", "tcp"}, "target-mix");
+  auto init = make_engine({"local", "tcp"}, "init-mix");
+  const std::size_t n = 1 << 20;
+  aligned_buf remote(n), mine(n), src(n);
+  REQUIRE(target->register_memory(remote.p, remote.n));
+  REQUIRE(init->register_memory(mine.p, mine.n));
+  auto rseg = yutu::sync_wait(init->open_segment("target-mix"));
+  auto self = yutu::sync_wait(init->open_segment("init-mix"));
+  REQUIRE(rseg);
+  REQUIRE(self);
+  fill_pattern(src.p, n, 21);
+  std::vector<transfer_request> batch;
+  for (std::size_t k = 0; k < 8; ++k) {
+    const std::uint64_t off = k * (64 << 10);
+    batch.push_back({opcode::write, src.p + off, k % 2 ? *rseg : *self, (k % 2 ? remote : mine).addr(off), 64 << 10});
+  }
+  batch.push_back({opcode::write, src.p, *self, mine.addr(n - 16), 64});     // past this engine's buffer
+  batch.push_back({opcode::write, src.p, *rseg, remote.addr(n - 16), 64});   // past the peer's buffer
+  auto res = yutu::sync_wait(init->transfer(batch));
+  REQUIRE(res.errors.size() == batch.size());
+  for (std::size_t k = 0; k < 8; ++k) {
+    CAPTURE(k);
+    CHECK_FALSE(res.errors[k]);
+    const std::uint64_t off = k * (64 << 10);
+    CHECK(fnv1a((k % 2 ? remote : mine).p + off, 64 << 10) == fnv1a(src.p + off, 64 << 10));
+  }
+  CHECK(res.errors[8] == te_errc::address_not_registered);
+  CHECK(res.errors[9]);
+  // Each success counted once, by the transport that moved it; the failed local one once too.
+  CHECK(init->counters("local").requests.load() == 4);
+  CHECK(init->counters("local").failures.load() == 1);
+  CHECK(init->counters("tcp").requests.load() == 4);
 }
 
 TEST_CASE("thousands of concurrent requests in one batch") {
