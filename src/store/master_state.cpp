@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <limits>
 #include <new>
 #include <mutex>
 #include <optional>
@@ -404,6 +405,7 @@ struct master_state::impl {
   time_point next_release = time_point::max();  // the earliest usable_from of a quarantined segment
   time_point last_maintenance{};
   bool maintained_once = false;
+  time_point run_search_futile_at{};  // the last evict_run that found no run
 
   master_metrics m;
 
@@ -750,13 +752,136 @@ struct master_state::impl {
         }
       }
     }
+    erase_victims(victims, now);
+    return freed;
+  }
+
+  void erase_victims(const std::vector<object_entry*>& victims, time_point now) {
     for (object_entry* o : victims) {
       m.evicted_bytes += bytes_in(*o, std::nullopt);
       erase_object(*o, now, true);
     }
     m.evicted_keys += victims.size();
     if (!victims.empty()) ++m.successful_evictions;
-    return freed;
+  }
+
+  // May `o` go in an eviction round (soft-pinned ones only when allow_soft)? A grouped object only
+  // with every member of its group.
+  bool evictable(const object_entry& o, bool allow_soft, time_point now) const {
+    auto ok = [&](const object_entry& x) { return !is_protected(x, now) && (allow_soft || !soft_pinned(x, now)); };
+    if (!ok(o)) return false;
+    if (o.cur.group.empty()) return true;
+    const auto& members = groups.at(o.cur.group);
+    return std::all_of(members.begin(), members.end(), [&](const object_entry* x) { return ok(*x); });
+  }
+
+  // The last resort of a put that nothing could place, LRU eviction included: the free bytes lie in
+  // holes none of which fits, between objects LRU eviction did not reach or may not take (leased,
+  // pinned, in flight, reserved, or freed later). Finds, over the segments, the run of adjacent
+  // blocks, each free or held by an evictable object, that covers `size` with the fewest bytes of
+  // live objects, evicts exactly those (soft-pinned ones only if no run avoids them), and allocates
+  // the replica there. Without it a segment half free could refuse every large put for as long as
+  // small objects were scattered over it. O(evictable objects + blocks of the segments searched),
+  // under the lock, on this failure path only; a search that finds nothing is not repeated within
+  // eviction_min_interval.
+  bool evict_run(std::uint64_t size, time_point now) {
+    if (run_search_futile_at != time_point{} && now - run_search_futile_at < cfg.eviction_min_interval) return false;
+    struct owned {
+      std::uint32_t segment;
+      std::uint64_t addr;
+      object_entry* o;
+      bool operator<(const owned& x) const noexcept { return segment != x.segment ? segment < x.segment : addr < x.addr; }
+    };
+    struct block {
+      std::uint64_t size;
+      std::uint64_t live;  // bytes of an evictable object; 0: free
+      object_entry* o;
+    };
+    struct best_run {
+      std::uint64_t cost = std::numeric_limits<std::uint64_t>::max();
+      std::uint32_t target = 0;
+      std::size_t first = 0, last = 0;
+    };
+    std::vector<owned> owners;
+    std::vector<block> blocks;
+    for (const bool allow_soft : {false, true}) {
+      owners.clear();
+      for (object_entry* o = lru_head; o; o = o->lru_next) {
+        if (!evictable(*o, allow_soft, now)) continue;
+        for (const replica_slot& r : o->cur.replicas) {
+          const segment_entry& s = segments[r.segment];
+          if (s.mounted && s.generation == r.generation) owners.push_back(owned{r.segment, r.alloc.addr, o});
+        }
+      }
+      std::sort(owners.begin(), owners.end());
+      best_run best;
+      std::vector<block> best_blocks;
+      for (std::uint32_t t = 0; t < targets.size(); ++t) {
+        const offset_allocator& a = *targets[t].alloc;
+        const std::uint64_t need = a.rounded(size);
+        if (need > a.capacity()) continue;
+        const std::uint32_t seg = targets[t].id;
+        auto own = std::lower_bound(owners.begin(), owners.end(), owned{seg, 0, nullptr});
+        blocks.clear();
+        bool improved = false;
+        std::size_t first = 0;
+        std::uint64_t len = 0, cost = 0;
+        a.for_each_block([&](std::uint64_t addr, std::uint64_t bsize, bool used) {
+          while (own != owners.end() && own->segment == seg && own->addr < addr) ++own;
+          object_entry* o = nullptr;
+          if (used) {
+            if (own == owners.end() || own->segment != seg || own->addr != addr) {
+              // Not evictable: no run crosses this block.
+              blocks.push_back(block{bsize, 0, nullptr});
+              first = blocks.size();
+              len = cost = 0;
+              return;
+            }
+            o = own->o;
+          }
+          blocks.push_back(block{bsize, used ? bsize : 0, o});
+          len += bsize;
+          cost += blocks.back().live;
+          while (len - blocks[first].size >= need) {
+            len -= blocks[first].size;
+            cost -= blocks[first].live;
+            ++first;
+          }
+          if (len >= need && cost < best.cost) {
+            best = best_run{cost, t, first, blocks.size() - 1};
+            improved = true;
+          }
+        });
+        if (improved) best_blocks.assign(blocks.begin() + static_cast<std::ptrdiff_t>(best.first),
+                                         blocks.begin() + static_cast<std::ptrdiff_t>(best.last) + 1);
+      }
+      if (best.cost == std::numeric_limits<std::uint64_t>::max()) continue;
+      std::vector<object_entry*> victims;
+      for (const block& b : best_blocks) {
+        if (!b.o || b.o->victim) continue;
+        if (b.o->cur.group.empty()) {
+          b.o->victim = true;
+          victims.push_back(b.o);
+          continue;
+        }
+        for (object_entry* x : groups.at(b.o->cur.group)) {
+          if (x->victim) continue;
+          x->victim = true;
+          victims.push_back(x);
+        }
+      }
+      ++m.attempted_evictions;
+      erase_victims(victims, now);
+      const placement_target& t = targets[best.target];
+      auto a = t.alloc->allocate(size);
+      if (!a) return false;  // cannot happen: the run coalesced into one free block of at least `need`
+      placed.push_back(placed_replica{t.id, t.host, *a});
+      ++m.run_evictions;
+      run_search_futile_at = time_point{};
+      return true;
+    }
+    run_search_futile_at = now;
+    return false;
   }
 
   std::uint64_t total_capacity() const noexcept {
@@ -813,6 +938,8 @@ struct master_state::impl {
       const auto round = static_cast<std::uint64_t>(cfg.eviction_ratio * static_cast<double>(total_capacity()));
       evict(std::max<std::uint64_t>(round, size * (reachable - placed.size())), std::nullopt, now);
       placer_.place(targets, req, placed);
+      // Only a put that would fail evicts a run: a missing second replica is not worth it.
+      if (placed.empty() && evict_run(size, now)) placer_.place(targets, req, placed);
     }
     if (placed.empty()) return fail(errc::no_available_handle);
     watermark_check(now);
@@ -1354,6 +1481,9 @@ std::string master_state::metrics_text() const {
   metric("master_attempted_evictions_total", "counter", "Eviction rounds started", m.attempted_evictions);
   metric("master_successful_evictions_total", "counter", "Eviction rounds that evicted a key",
          m.successful_evictions);
+  metric("master_run_evictions_total", "counter",
+         "Puts placed by evicting a run of adjacent blocks (free bytes too scattered for LRU eviction)",
+         m.run_evictions);
   metric("master_preempted_puts_total", "counter", "Stale in-flight puts pre-empted by a new put", m.preempted_puts);
   metric("master_discarded_puts_total", "counter", "In-flight puts reclaimed after the discard timeout",
          m.discarded_puts);

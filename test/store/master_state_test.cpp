@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -468,6 +469,77 @@ TEST_CASE("a failed allocation evicts in LRU order and retries once") {
   CHECK(m.put_start_sync("c1", "huge", 2 * mib, replicas(1)).error() == code(errc::no_available_handle));
   CHECK(m.metrics().evicted_keys == 1);
   CHECK(m.metrics().attempted_evictions == 1);
+}
+
+// Sixteen 64 KiB objects fill a 1 MiB segment in address order; the odd ones are read afterwards,
+// so LRU order is k0, k2, ..., k14, k1, k3, ..., k15.
+void fill_alternating(fixture& f) {
+  auto& m = *f.m;
+  REQUIRE(m.mount_segment_sync("c1", seg("s1", "h1", mib)).has_value());
+  for (int i = 0; i < 16; ++i) f.put("k" + std::to_string(i), 64 * kib);
+  for (int i = 0; i < 16; ++i) {
+    auto g = m.get_replica_list_sync("k" + std::to_string(i));
+    REQUIRE(g.has_value());
+    REQUIRE(g->replicas.size() == 1);
+    REQUIRE(g->replicas[0].addr == 16 * mib + static_cast<std::uint64_t>(i) * 64 * kib);
+  }
+  f.clock.advance(11s);
+  for (int i = 1; i < 16; i += 2) REQUIRE(m.get_replica_list_sync("k" + std::to_string(i)).has_value());
+}
+
+TEST_CASE("a put that LRU eviction leaves without a hole large enough evicts the cheapest run of blocks") {
+  fixture f(no_watermark());
+  auto& m = *f.m;
+  fill_alternating(f);
+  f.clock.advance(11s);
+  // The LRU round frees k0, k2, k4 and k6: 256 KiB, in four holes of 64 KiB. The run [k0, k3] then
+  // costs two more objects, k1 and k3, the fewest any 256 KiB run costs.
+  auto r = m.put_start_sync("c1", "big", 256 * kib, replicas(1));
+  REQUIRE(r.has_value());
+  REQUIRE(r->size() == 1);
+  CHECK((*r)[0].addr == 16 * mib);
+  REQUIRE(m.put_end_sync("c1", "big").has_value());
+  for (int i = 0; i < 16; ++i) CHECK(f.has("k" + std::to_string(i)) == (i > 3 && (i % 2 == 1 || i > 6)));
+  const auto mt = m.metrics();
+  CHECK(mt.evicted_keys == 6);
+  CHECK(mt.evicted_bytes == 6 * 64 * kib);
+  CHECK(mt.run_evictions == 1);
+  CHECK(m.metrics_text().find("master_run_evictions_total 1\n") != std::string::npos);
+  CHECK(f.allocated() == 14 * 64 * kib);  // ten objects left and big
+}
+
+TEST_CASE("a run never takes a leased object: with none free of them the put fails as before") {
+  fixture f(no_watermark());
+  auto& m = *f.m;
+  fill_alternating(f);  // the odd keys are leased now
+  CHECK(m.put_start_sync("c1", "big", 256 * kib, replicas(1)).error() == code(errc::no_available_handle));
+  for (int i = 1; i < 16; i += 2) CHECK(f.has("k" + std::to_string(i)));
+  CHECK(m.metrics().run_evictions == 0);
+  // Once the leases end, the same put finds its run.
+  f.clock.advance(11s);
+  CHECK(m.put_start_sync("c1", "big", 256 * kib, replicas(1)).has_value());
+  CHECK(m.metrics().run_evictions == 1);
+}
+
+TEST_CASE("with nothing protected, every put that fits a segment is placed, whatever the size mix") {
+  fixture f(no_watermark());
+  auto& m = *f.m;
+  REQUIRE(m.mount_segment_sync("c1", seg("s1", "h1", 4 * mib)).has_value());
+  const std::uint64_t sizes[] = {4 * kib, 64 * kib, 100 * kib, 256 * kib, 1 * mib, 3 * mib + 123 * kib};
+  std::mt19937_64 rng(7);
+  int placed = 0;
+  for (int i = 0; i < 3000; ++i) {
+    // Mostly small objects, a large one now and then: the holes the small ones leave are too small.
+    const std::uint64_t size = sizes[rng() % 100 < 85 ? rng() % 3 : 3 + rng() % 3];
+    const std::string key = "k" + std::to_string(i);
+    auto r = m.put_start_sync("c1", key, size, replicas(1));
+    REQUIRE_MESSAGE(r.has_value(), "put ", i, " of ", size, " bytes: ", r.error().message());
+    REQUIRE(m.put_end_sync("c1", key).has_value());
+    ++placed;
+    if (rng() % 4 == 0) (void)m.remove_sync("k" + std::to_string(rng() % (i + 1)), false);
+  }
+  CHECK(placed == 3000);
+  CHECK(m.metrics().run_evictions > 0);
 }
 
 TEST_CASE("passing the high watermark evicts eviction_ratio of the segment") {

@@ -84,6 +84,13 @@ class offset_allocator {
   bool check_invariants() const;
   // Free blocks as (absolute address, size), in address order. For tests; O(blocks).
   std::vector<std::pair<std::uint64_t, std::uint64_t>> free_blocks() const;
+  // Calls f(absolute address, size, allocated) for every block, free or not, in address order; the
+  // blocks tile the managed range without gaps. O(blocks): for the master's search of a run of
+  // blocks to evict when no free block is large enough.
+  template <class F>
+  void for_each_block(F&& f) const {
+    for (std::uint32_t n = head_; n != none; n = nodes_[n].phys_next) f(base_ + nodes_[n].offset, nodes_[n].size, is_used(n));
+  }
 
  private:
   static constexpr std::uint32_t none = std::numeric_limits<std::uint32_t>::max();

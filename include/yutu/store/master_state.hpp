@@ -122,6 +122,9 @@ struct master_metrics {
   std::uint64_t evicted_bytes = 0;  // every replica's bytes
   std::uint64_t attempted_evictions = 0;
   std::uint64_t successful_evictions = 0;  // rounds that evicted at least one key
+  // Puts that LRU eviction could not place because the free bytes lay in holes too small, placed by
+  // evicting the cheapest run of adjacent blocks instead (see allocate_replicas).
+  std::uint64_t run_evictions = 0;
   std::uint64_t preempted_puts = 0;
   std::uint64_t discarded_puts = 0;  // in-flight puts reclaimed after put_start_discard_timeout
   std::uint64_t expired_clients = 0;
