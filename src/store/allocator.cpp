@@ -53,6 +53,7 @@ std::uint32_t offset_allocator::new_node() {
   }
   if (nodes_.size() >= none) throw std::length_error("offset_allocator: too many blocks");
   nodes_.emplace_back();
+  tags_.push_back(0);
   if (used_bits_.size() * 64 < nodes_.size()) used_bits_.push_back(0);
   return static_cast<std::uint32_t>(nodes_.size() - 1);
 }
@@ -164,6 +165,7 @@ std::optional<allocation> offset_allocator::allocate(std::uint64_t size) {
     }
   }
   set_used(taken, true);
+  tags_[taken] = 0;
   used_ += want;
   ++allocations_;
   return allocation{base_ + nodes_[taken].offset, want, taken};

@@ -467,8 +467,21 @@ struct master_state::impl {
       } else {
         deferred.push(deferred_free{at, r.segment, r.generation, r.alloc});
         segment_entry& s = segments[r.segment];
-        if (s.generation == r.generation) s.latest_deferred = std::max(s.latest_deferred, at);
+        if (s.generation == r.generation) {
+          s.latest_deferred = std::max(s.latest_deferred, at);
+          if (s.mounted) s.alloc->set_tag(r.alloc, 0);  // owned by nobody until freed
+        }
       }
+    }
+  }
+
+  // Marks o's readable replicas as o's in their allocators, for evict_run. Every entry whose replicas
+  // carry its address frees them (allocate() clears the mark) or clears the marks (free_at) before
+  // it goes, so a mark never outlives its entry.
+  void own(object_entry& o) noexcept {
+    for (const replica_slot& r : o.cur.replicas) {
+      segment_entry& s = segments[r.segment];
+      if (s.mounted && s.generation == r.generation) s.alloc->set_tag(r.alloc, reinterpret_cast<std::uintptr_t>(&o));
     }
   }
 
@@ -781,17 +794,12 @@ struct master_state::impl {
   // blocks, each free or held by an evictable object, that covers `size` with the fewest bytes of
   // live objects, evicts exactly those (soft-pinned ones only if no run avoids them), and allocates
   // the replica there. Without it a segment half free could refuse every large put for as long as
-  // small objects were scattered over it. O(evictable objects + blocks of the segments searched),
+  // small objects were scattered over it. The owner of each block is the mark own() left in the
+  // allocator, so the search walks the blocks of each segment once and no object list: O(blocks),
   // under the lock, on this failure path only; a search that finds nothing is not repeated within
   // eviction_min_interval.
   bool evict_run(std::uint64_t size, time_point now) {
     if (run_search_futile_at != time_point{} && now - run_search_futile_at < cfg.eviction_min_interval) return false;
-    struct owned {
-      std::uint32_t segment;
-      std::uint64_t addr;
-      object_entry* o;
-      bool operator<(const owned& x) const noexcept { return segment != x.segment ? segment < x.segment : addr < x.addr; }
-    };
     struct block {
       std::uint64_t size;
       std::uint64_t live;  // bytes of an evictable object; 0: free
@@ -802,42 +810,27 @@ struct master_state::impl {
       std::uint32_t target = 0;
       std::size_t first = 0, last = 0;
     };
-    std::vector<owned> owners;
-    std::vector<block> blocks;
+    std::vector<block> blocks, best_blocks;
     for (const bool allow_soft : {false, true}) {
-      owners.clear();
-      for (object_entry* o = lru_head; o; o = o->lru_next) {
-        if (!evictable(*o, allow_soft, now)) continue;
-        for (const replica_slot& r : o->cur.replicas) {
-          const segment_entry& s = segments[r.segment];
-          if (s.mounted && s.generation == r.generation) owners.push_back(owned{r.segment, r.alloc.addr, o});
-        }
-      }
-      std::sort(owners.begin(), owners.end());
       best_run best;
-      std::vector<block> best_blocks;
       for (std::uint32_t t = 0; t < targets.size(); ++t) {
         const offset_allocator& a = *targets[t].alloc;
         const std::uint64_t need = a.rounded(size);
         if (need > a.capacity()) continue;
-        const std::uint32_t seg = targets[t].id;
-        auto own = std::lower_bound(owners.begin(), owners.end(), owned{seg, 0, nullptr});
         blocks.clear();
         bool improved = false;
         std::size_t first = 0;
         std::uint64_t len = 0, cost = 0;
-        a.for_each_block([&](std::uint64_t addr, std::uint64_t bsize, bool used) {
-          while (own != owners.end() && own->segment == seg && own->addr < addr) ++own;
-          object_entry* o = nullptr;
-          if (used) {
-            if (own == owners.end() || own->segment != seg || own->addr != addr) {
-              // Not evictable: no run crosses this block.
-              blocks.push_back(block{bsize, 0, nullptr});
-              first = blocks.size();
-              len = cost = 0;
-              return;
-            }
-            o = own->o;
+        a.for_each_block([&](std::uint64_t bsize, bool used, std::uint64_t tag) {
+          // The owner of an allocated block, from the mark own() left (0: a write in flight, a
+          // reservation, memory waiting for its readers).
+          auto* o = reinterpret_cast<object_entry*>(static_cast<std::uintptr_t>(tag));
+          if (used && (o == nullptr || !evictable(*o, allow_soft, now))) {
+            // No run crosses this block.
+            blocks.push_back(block{bsize, 0, nullptr});
+            first = blocks.size();
+            len = cost = 0;
+            return;
           }
           blocks.push_back(block{bsize, used ? bsize : 0, o});
           len += bsize;
@@ -1061,6 +1054,7 @@ struct master_state::impl {
     if (!o.complete) {
       if (o.cur.writer != client) return fail(errc::illegal_client);
       o.complete = true;
+      own(o);
       unlink_flight(o);
       apply_pins(o, now);
       group_add(o);
@@ -1074,6 +1068,7 @@ struct master_state::impl {
     group_remove(o);
     o.cur = std::move(*o.pending);
     o.pending.reset();
+    own(o);
     unlink_flight(o);
     apply_pins(o, now);
     group_add(o);
@@ -1123,6 +1118,7 @@ struct master_state::impl {
     unlink_flight(p);
     objects.erase(p);
     o.complete = true;
+    own(o);
     apply_pins(o, now);
     group_add(o);
     touch(o, now);

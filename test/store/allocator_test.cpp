@@ -100,6 +100,33 @@ TEST_CASE("exact fit, overflow and an allocator that is full") {
   CHECK_FALSE(a.allocate(~0ull).has_value());
 }
 
+TEST_CASE("for_each_block walks every block in address order with its tag; allocate clears the tag") {
+  offset_allocator a(4096, 1024, 64, 1 << 30);  // everything "small": carved from the top of a hole
+  auto x = a.allocate(256);
+  auto y = a.allocate(128);
+  REQUIRE(x);
+  REQUIRE(y);
+  a.set_tag(*x, 7);
+  a.set_tag(*y, 9);
+  CHECK(a.tag(*x) == 7);
+  struct seen {
+    std::uint64_t size;
+    bool used;
+    std::uint64_t tag;
+    bool operator==(const seen&) const = default;
+  };
+  std::vector<seen> blocks;
+  a.for_each_block([&](std::uint64_t size, bool used, std::uint64_t tag) { blocks.push_back({size, used, tag}); });
+  CHECK(blocks == std::vector<seen>{{640, false, 0}, {128, true, 9}, {256, true, 7}});
+  a.free(*y);
+  auto z = a.allocate(128);  // the same record again: no tag left over from y
+  REQUIRE(z);
+  CHECK(a.tag(*z) == 0);
+  blocks.clear();
+  a.for_each_block([&](std::uint64_t size, bool used, std::uint64_t tag) { blocks.push_back({size, used, tag}); });
+  CHECK(blocks == std::vector<seen>{{640, false, 0}, {128, true, 0}, {256, true, 7}});
+}
+
 TEST_CASE("free of a foreign or freed allocation is a broken invariant") {
   offset_allocator a(0, 1 << 20);
   auto x = a.allocate(1000);

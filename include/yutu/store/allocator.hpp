@@ -84,12 +84,19 @@ class offset_allocator {
   bool check_invariants() const;
   // Free blocks as (absolute address, size), in address order. For tests; O(blocks).
   std::vector<std::pair<std::uint64_t, std::uint64_t>> free_blocks() const;
-  // Calls f(absolute address, size, allocated) for every block, free or not, in address order; the
-  // blocks tile the managed range without gaps. O(blocks): for the master's search of a run of
-  // blocks to evict when no free block is large enough.
+  // A caller's word on an allocation (the master: which object owns it), 0 from allocate() on.
+  // `a` must be live.
+  void set_tag(const allocation& a, std::uint64_t tag) noexcept { tags_[a.node] = tag; }
+  std::uint64_t tag(const allocation& a) const noexcept { return tags_[a.node]; }
+  // Calls f(size, allocated, tag) for every block, free (tag 0) or not, in address order; the blocks
+  // tile the managed range without gaps. O(blocks): for the master's search of a run of blocks to
+  // evict when no free block is large enough.
   template <class F>
   void for_each_block(F&& f) const {
-    for (std::uint32_t n = head_; n != none; n = nodes_[n].phys_next) f(base_ + nodes_[n].offset, nodes_[n].size, is_used(n));
+    for (std::uint32_t n = head_; n != none; n = nodes_[n].phys_next) {
+      const bool used = is_used(n);
+      f(nodes_[n].size, used, used ? tags_[n] : std::uint64_t{0});
+    }
   }
 
  private:
@@ -136,6 +143,7 @@ class offset_allocator {
   std::uint32_t node_pool_ = none;  // recycled node records
   std::vector<node> nodes_;
   std::vector<std::uint64_t> used_bits_;  // bit n: record n is an allocated block
+  std::vector<std::uint64_t> tags_;       // by record, beside them: read only by for_each_block
   std::uint64_t fl_bitmap_ = 0;
   std::vector<std::uint32_t> sl_bitmap_;  // fl_count words
   std::vector<std::uint32_t> bins_;       // bin_count list heads
