@@ -405,7 +405,9 @@ struct master_state::impl {
   time_point next_release = time_point::max();  // the earliest usable_from of a quarantined segment
   time_point last_maintenance{};
   bool maintained_once = false;
-  time_point run_search_futile_at{};  // the last evict_run that found no run
+  // The last evict_run that found no run, and for how large a put: a smaller one may still find one.
+  time_point run_search_futile_at{};
+  std::uint64_t run_search_futile_size = 0;
 
   master_metrics m;
 
@@ -797,9 +799,12 @@ struct master_state::impl {
   // small objects were scattered over it. The owner of each block is the mark own() left in the
   // allocator, so the search walks the blocks of each segment once and no object list: O(blocks),
   // under the lock, on this failure path only; a search that finds nothing is not repeated within
-  // eviction_min_interval.
+  // eviction_min_interval for a put as large or larger.
   bool evict_run(std::uint64_t size, time_point now) {
-    if (run_search_futile_at != time_point{} && now - run_search_futile_at < cfg.eviction_min_interval) return false;
+    if (run_search_futile_at != time_point{} && now - run_search_futile_at < cfg.eviction_min_interval &&
+        size >= run_search_futile_size) {
+      return false;
+    }
     struct block {
       std::uint64_t size;
       std::uint64_t live;  // bytes of an evictable object; 0: free
@@ -874,6 +879,7 @@ struct master_state::impl {
       return true;
     }
     run_search_futile_at = now;
+    run_search_futile_size = size;
     return false;
   }
 

@@ -525,6 +525,28 @@ TEST_CASE("a run never takes a leased object: with none free of them the put fai
   CHECK(m.metrics().run_evictions == 1);
 }
 
+TEST_CASE("a search that found no run for a put does not stop a smaller put's search") {
+  fixture f(no_watermark());
+  auto& m = *f.m;
+  REQUIRE(m.mount_segment_sync("c1", seg("s1", "h1", mib)).has_value());
+  for (int i = 0; i < 16; ++i) f.put("k" + std::to_string(i), 64 * kib);
+  // LRU order k0, k3, k6, k9, k12, k15, then the others; every third key (k2, k5, ...) leased.
+  for (int i = 1; i < 16; i += 3) REQUIRE(m.get_replica_list_sync("k" + std::to_string(i)).has_value());
+  f.clock.advance(11s);
+  for (int i = 2; i < 16; i += 3) REQUIRE(m.get_replica_list_sync("k" + std::to_string(i)).has_value());
+  // The LRU round frees k0, k3, k6 and k9; no 256 KiB run avoids the leased keys.
+  CHECK(m.put_start_sync("c1", "big", 256 * kib, replicas(1)).error() == code(errc::no_available_handle));
+  CHECK(m.metrics().run_evictions == 0);
+  // Within eviction_min_interval, a 128 KiB put still searches: the LRU round frees k12 and k15,
+  // holes too small again, and the run [k0, k1] costs one object.
+  auto mid = m.put_start_sync("c1", "mid", 128 * kib, replicas(1));
+  REQUIRE(mid.has_value());
+  CHECK((*mid)[0].addr == 16 * mib);
+  CHECK(m.metrics().run_evictions == 1);
+  CHECK_FALSE(f.has("k1"));
+  CHECK(f.has("k4"));
+}
+
 TEST_CASE("with nothing protected, every put that fits a segment is placed, whatever the size mix and however objects were made") {
   fixture f(no_watermark());
   auto& m = *f.m;
