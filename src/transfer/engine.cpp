@@ -16,6 +16,7 @@
 #include <set>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 
 #include <fmt/ranges.h>
 
@@ -133,25 +134,7 @@ struct engine::impl final : transport_host {
   std::vector<std::unique_ptr<transport>> transports;
   detail::tcp_transport* tcp = nullptr;  // also carries notifications
 
-  // What engine::counters() shows: the shards below summed when read (zero_copy_bytes, counted by
-  // tcp's completions, stays here).
   transport_counters local_c, shm_c, tcp_c, rdma_c, none_c;
-  // Where requests are counted: per transport and per thread, so that two engine threads finishing
-  // small requests do not pull one cache line back and forth. With the counters shared, the
-  // `lock add` of count_success was two thirds of run_now's time on 64 KiB shm batches (perf).
-  struct alignas(64) counter_shard {
-    std::atomic<std::uint64_t> requests{0}, bytes{0}, failures{0}, fallbacks_from{0};
-  };
-  static constexpr std::size_t counter_shards = 16;
-  std::unique_ptr<counter_shard[]> shards_;  // transports.size() x counter_shards
-  static std::size_t thread_shard() noexcept {
-    static std::atomic<std::size_t> next{0};
-    thread_local const std::size_t mine = next.fetch_add(1, std::memory_order_relaxed) % counter_shards;
-    return mine;
-  }
-  counter_shard& shard(std::size_t transport_index) noexcept {
-    return shards_[transport_index * counter_shards + thread_shard()];
-  }
   std::atomic<std::size_t> rr{0};
 
   // --- transport_host ---
@@ -162,7 +145,7 @@ struct engine::impl final : transport_host {
   std::uint64_t incarnation() const noexcept override { return incarnation_; }
   const std::string& host_id() const noexcept override { return host_id_; }
   void spawn_on(std::size_t i, task<void> t) override { pool_->spawn(i, std::move(t)); }
-  transport_counters& counters(std::string_view t) noexcept override { return view_for(t); }
+  transport_counters& counters(std::string_view t) noexcept override { return counters_for(t); }
   void peer_restarted(segment_id id, segment_desc fresh) override {
     if (auto p = find_peer(id)) set_desc(*p, std::move(fresh));
   }
@@ -180,7 +163,6 @@ struct engine::impl final : transport_host {
       } else if (t == "rdma")
         transports.push_back(detail::make_rdma_transport(*this));
     }
-    shards_ = std::make_unique<counter_shard[]>(std::max<std::size_t>(1, transports.size()) * counter_shards);
   }
   std::shared_ptr<peer> make_peer(segment_id id, std::string pname, bool self, segment_desc d) {
     auto pe = std::make_shared<peer>();
@@ -193,32 +175,12 @@ struct engine::impl final : transport_host {
     return pe;
   }
 
-  transport_counters& view_for(std::string_view t) noexcept {
+  transport_counters& counters_for(std::string_view t) {
     if (t == "local") return local_c;
     if (t == "shm") return shm_c;
     if (t == "tcp") return tcp_c;
     if (t == "rdma") return rdma_c;
     return none_c;
-  }
-  // The view of transport `t`, its shards summed into it now.
-  transport_counters& counters_for(std::string_view t) {
-    transport_counters& v = view_for(t);
-    for (std::size_t i = 0; i < transports.size(); ++i) {
-      if (transports[i]->name() != t) continue;
-      std::uint64_t req = 0, bytes = 0, fail = 0, fb = 0;
-      for (std::size_t k = 0; k < counter_shards; ++k) {
-        const counter_shard& c = shards_[i * counter_shards + k];
-        req += c.requests.load(std::memory_order_relaxed);
-        bytes += c.bytes.load(std::memory_order_relaxed);
-        fail += c.failures.load(std::memory_order_relaxed);
-        fb += c.fallbacks_from.load(std::memory_order_relaxed);
-      }
-      v.requests.store(req, std::memory_order_relaxed);
-      v.bytes.store(bytes, std::memory_order_relaxed);
-      v.failures.store(fail, std::memory_order_relaxed);
-      v.fallbacks_from.store(fb, std::memory_order_relaxed);
-    }
-    return v;
   }
   bool offers(std::string_view t) const {
     return std::find(cfg.transports.begin(), cfg.transports.end(), t) != cfg.transports.end();
@@ -558,8 +520,8 @@ struct engine::impl final : transport_host {
     co_return true;
   }
 
-  void count_success(std::size_t transport_index, const transfer_request& r) noexcept {
-    counter_shard& c = shard(transport_index);
+  void count_success(const transport& t, const transfer_request& r) {
+    auto& c = counters_for(t.name());
     c.requests.fetch_add(1, std::memory_order_relaxed);
     c.bytes.fetch_add(r.length, std::memory_order_relaxed);
   }
@@ -571,29 +533,28 @@ struct engine::impl final : transport_host {
     auto& p = res.p;
     auto& desc = res.desc;
     std::error_code ec = make_error_code(te_errc::no_transport);
-    std::optional<std::size_t> prev;
+    std::string_view prev;
     for (std::size_t i = 0; i < transports.size(); ++i) {
       transport& t = *transports[i];
       const peer_info info = p->info(i, desc);
       if (!t.can_serve(info, r)) continue;
-      if (prev) {
-        shard(*prev).fallbacks_from.fetch_add(1, std::memory_order_relaxed);
-        log::info("engine {}: {} to {} failed ({}); falling back to {}", name, transports[*prev]->name(), p->name,
-                  ec.message(), t.name());
+      if (!prev.empty()) {
+        counters_for(prev).fallbacks_from.fetch_add(1, std::memory_order_relaxed);
+        log::info("engine {}: {} to {} failed ({}); falling back to {}", name, prev, p->name, ec.message(), t.name());
       }
       ec = co_await t.execute(info, r);
       if (!ec) {
-        count_success(i, r);
+        count_success(t, r);
         out = {};
         co_return;
       }
-      shard(i).failures.fetch_add(1, std::memory_order_relaxed);
+      counters_for(t.name()).failures.fetch_add(1, std::memory_order_relaxed);
       if (ec == te_errc::stale_segment || ec == te_errc::peer_unreachable) {
         co_await refresh(p);
         desc = p->snapshot();
       }
       if (!may_fall_back(ec)) break;
-      prev = i;
+      prev = t.name();
     }
     out = ec;
   }
@@ -626,7 +587,7 @@ struct engine::impl final : transport_host {
       if (!t.can_serve(info, r)) continue;
       const std::optional<std::error_code> ec = t.execute_now(info, r);
       if (ec && !*ec) {
-        count_success(i, r);
+        count_success(t, r);
         out = {};
         return true;
       }
