@@ -745,30 +745,27 @@ struct master_state::impl {
     std::uint64_t freed = 0;
     for (const bool allow_soft : {false, true}) {
       for (object_entry* o = lru_head; o && freed < target; o = o->lru_next) {
-        if (o->victim || is_protected(*o, now)) continue;
-        if (!allow_soft && soft_pinned(*o, now)) continue;
-        if (seg && bytes_in(*o, seg) == 0) continue;
-        if (o->cur.group.empty()) {
-          o->victim = true;
-          victims.push_back(o);
-          freed += bytes_in(*o, seg);
-          continue;
-        }
-        const auto& members = groups.at(o->cur.group);
-        const bool all_evictable = std::all_of(members.begin(), members.end(), [&](const object_entry* x) {
-          return x->victim || (!is_protected(*x, now) && (allow_soft || !soft_pinned(*x, now)));
-        });
-        if (!all_evictable) continue;
-        for (object_entry* x : members) {
-          if (x->victim) continue;
-          x->victim = true;
-          victims.push_back(x);
-          freed += bytes_in(*x, seg);
-        }
+        if (o->victim || (seg && bytes_in(*o, seg) == 0) || !evictable(*o, allow_soft, now)) continue;
+        freed += take_victim(*o, seg, victims);
       }
     }
     erase_victims(victims, now);
     return freed;
+  }
+
+  // Takes o, or its whole group, as victims, each object once. Returns the bytes taken (in `seg`
+  // only, if given).
+  std::uint64_t take_victim(object_entry& o, std::optional<std::uint32_t> seg, std::vector<object_entry*>& victims) {
+    auto take = [&](object_entry& x) -> std::uint64_t {
+      if (x.victim) return 0;
+      x.victim = true;
+      victims.push_back(&x);
+      return bytes_in(x, seg);
+    };
+    if (o.cur.group.empty()) return take(o);
+    std::uint64_t taken = 0;
+    for (object_entry* x : groups.at(o.cur.group)) taken += take(*x);
+    return taken;
   }
 
   void erase_victims(const std::vector<object_entry*>& victims, time_point now) {
@@ -855,19 +852,8 @@ struct master_state::impl {
       }
       if (best.cost == std::numeric_limits<std::uint64_t>::max()) continue;
       std::vector<object_entry*> victims;
-      for (const block& b : best_blocks) {
-        if (!b.o || b.o->victim) continue;
-        if (b.o->cur.group.empty()) {
-          b.o->victim = true;
-          victims.push_back(b.o);
-          continue;
-        }
-        for (object_entry* x : groups.at(b.o->cur.group)) {
-          if (x->victim) continue;
-          x->victim = true;
-          victims.push_back(x);
-        }
-      }
+      for (const block& b : best_blocks)
+        if (b.o) take_victim(*b.o, std::nullopt, victims);
       ++m.attempted_evictions;
       erase_victims(victims, now);
       const placement_target& t = targets[best.target];
