@@ -461,10 +461,11 @@ TEST_CASE("from a plain thread through sync_wait, and an object larger than any 
 namespace {
 
 // The master, with every lookup answered 50 ms late: the reads that follow it start after their lease
-// (10 ms here) has ended.
-class late_lookups final : public yutu::store::master_service {
+// (10 ms here) has ended. commit_delay holds each batch_put_commit back before it reaches the master,
+// so that deferred commits are in flight for a known time even with the master in this process.
+class late_master final : public yutu::store::master_service {
  public:
-  explicit late_lookups(master_state& m) : m_(m) {}
+  explicit late_master(master_state& m) : m_(m) {}
   using replica_list = yutu::store::replica_list;
   using replica_desc = yutu::store::replica_desc;
   using client_id = yutu::store::client_id;
@@ -474,6 +475,8 @@ class late_lookups final : public yutu::store::master_service {
   std::atomic<int> lookups{0};
   std::atomic<std::uint64_t> link{0};
   std::uint64_t link_epoch() const noexcept override { return link.load(); }
+  std::chrono::milliseconds commit_delay{0};
+  std::atomic<int> commit_calls{0};
 
   task<result<replica_list>> get_replica_list(std::string key) override {
     ++lookups;
@@ -526,7 +529,9 @@ class late_lookups final : public yutu::store::master_service {
   }
   task<std::vector<result<void>>> batch_put_commit(client_id c, std::vector<std::string> p,
                                                    std::vector<std::string> k) override {
-    return m_.batch_put_commit(std::move(c), std::move(p), std::move(k));
+    ++commit_calls;
+    if (commit_delay.count()) (void)co_await yutu::io::sleep_for(commit_delay);
+    co_return co_await m_.batch_put_commit(std::move(c), std::move(p), std::move(k));
   }
   task<result<bool>> exist(std::string k) override { return m_.exist(std::move(k)); }
   task<std::vector<result<bool>>> batch_exist(std::vector<std::string> k) override {
@@ -549,7 +554,7 @@ TEST_CASE("a read that ends after its lease fails with lease_expired in every ge
   master_config cfg = quiet_master();
   cfg.default_kv_lease_ttl = 10ms;
   master_state m(cfg);
-  late_lookups late(m);
+  late_master late(m);
   auto node = make_client(m, 8 * mib);
   client_config cc;
   cc.engine_threads = 1;
@@ -608,7 +613,7 @@ task<result<std::size_t>> load_on_engine(client& c, std::span<const std::string>
 
 TEST_CASE("replica cache: hot keys are read without the master; removes, upserts, link breaks and age drop entries") {
   master_state m(quiet_master());  // leases of 10 s
-  late_lookups look(m);
+  late_master look(m);
   look.delay = 0ms;
   auto node = make_client(m, 8 * mib);
   client_config cc;
@@ -693,7 +698,7 @@ TEST_CASE("replica cache: hot keys are read without the master; removes, upserts
 
 TEST_CASE("replica cache: a cached replica that fails is dropped and the key looked up again") {
   master_state m(quiet_master());
-  late_lookups look(m);
+  late_master look(m);
   look.delay = 0ms;
   // The only node: a bare engine whose memory is mounted by hand, so it can vanish without unmounting.
   auto [x, xs] = mount_bare_node(m, 4 * mib);
@@ -827,6 +832,96 @@ TEST_CASE("reserved puts: one master call a put; a refused commit keeps the byte
   CHECK(c.stats().put_failures == 1);  // k1's second put
 }
 
+TEST_CASE("deferred commits: a put returns before its commit; flush waits for it and names the ones refused") {
+  master_state m(quiet_master());
+  late_master late(m);
+  late.delay = 0ms;
+  late.commit_delay = 300ms;
+  auto node = make_client(m, 8 * mib);
+  client_config cc;
+  cc.engine_threads = 1;
+  cc.put_reservation_bytes = 1 * mib;  // 16 reservations of 64 KiB
+  cc.defer_put_commit = true;
+  auto cr = client::create(cc, late);
+  REQUIRE(cr);
+  auto& c = **cr;
+  auto v = pattern(64 * kib, 71), w = pattern(64 * kib, 72);
+  auto put = [&](const std::string& k, const std::vector<std::byte>& val) {
+    return yutu::sync_wait(put_on_engine(c, k, val));
+  };
+  auto holds = [&](const std::string& k, const std::vector<std::byte>& val) {
+    auto g = yutu::sync_wait(node->get(k));  // another client, through the master
+    return g && *g == val;
+  };
+  auto exists = [&](const std::string& k) { return yutu::sync_wait(node->exist(k)).value(); };
+
+  // Ten puts return while the first commit is still held back: none waited for the master.
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 10; ++i) REQUIRE(put("k" + std::to_string(i), v));
+  CHECK(std::chrono::steady_clock::now() - t0 < late.commit_delay);
+  CHECK_FALSE(exists("k9"));
+  CHECK(c.stats().puts == 0);  // counted when their commits land
+  // flush() waits for all of them: k0's commit alone, then k1..k9 in one batch behind it.
+  CHECK(yutu::sync_wait(c.flush()).empty());
+  CHECK(late.commit_calls == 2);
+  for (int i = 0; i < 10; ++i) CHECK(holds("k" + std::to_string(i), v));
+  CHECK(c.stats().puts == 10);
+  CHECK(c.stats().reserved_puts == 10);
+  CHECK(yutu::sync_wait(c.flush()).empty());  // nothing pending: at once
+
+  // A put of an existing key returns ok; flush() names it, and the object keeps its bytes.
+  REQUIRE(put("k3", w));
+  auto failed = yutu::sync_wait(c.flush());
+  REQUIRE(failed.size() == 1);
+  CHECK(failed[0].key == "k3");
+  CHECK(failed[0].error == errc::object_already_exists);
+  CHECK(holds("k3", v));
+  CHECK(c.stats().deferred_commit_failures == 1);
+  CHECK(c.stats().put_failures == 1);
+  CHECK(yutu::sync_wait(c.flush()).empty());  // reported once
+
+  // This client's own calls keep their order: a remove right after a put removes the object, and
+  // no late commit brings it back.
+  REQUIRE(put("r", v));
+  CHECK(yutu::sync_wait(c.remove("r")));
+  CHECK_FALSE(exists("r"));
+  // An upsert right after a put replaces what the put stored.
+  REQUIRE(put("u", v));
+  REQUIRE(yutu::sync_wait(c.upsert("u", w)));
+  CHECK(holds("u", w));
+
+  // Another client's forced remove_all takes the reservations: the put that wrote into one is lost,
+  // and flush() says so; the next puts find fresh ones.
+  REQUIRE(yutu::sync_wait(node->remove_all(true)));
+  REQUIRE(put("z", v));
+  failed = yutu::sync_wait(c.flush());
+  REQUIRE(failed.size() == 1);
+  CHECK(failed[0].key == "z");
+  CHECK(failed[0].error == errc::object_not_found);
+  CHECK_FALSE(exists("z"));
+  REQUIRE(put("z", v));
+  REQUIRE(put("z2", w));
+  CHECK(yutu::sync_wait(c.flush()).empty());
+  CHECK(holds("z", v));
+  CHECK(holds("z2", w));
+
+  // close() commits what was put before it gives the reservations back.
+  REQUIRE(put("last", w));
+  REQUIRE(yutu::sync_wait(c.close()));
+  CHECK(holds("last", w));
+  CHECK(m.metrics().key_count == 3);  // z, z2, last
+}
+
+TEST_CASE("deferred commits need reservations") {
+  master_state m(quiet_master());
+  client_config cc;
+  cc.engine_threads = 1;
+  cc.defer_put_commit = true;
+  auto cr = client::create(cc, m);
+  REQUIRE_FALSE(cr);
+  CHECK(cr.error() == errc::invalid_params);
+}
+
 // A client of the embedded store's master over RPC, with one engine thread.
 client_config remote_config(yutu::store::embedded& s) {
   client_config rc;
@@ -838,7 +933,7 @@ client_config remote_config(yutu::store::embedded& s) {
 
 TEST_CASE("reserved puts through a remote master: the placeholder and the commit travel over RPC") {
   yutu::store::embedded_config ec;
-  ec.memory = 8 * mib;
+  ec.memory = 32 * mib;  // the leases the reads take keep 4 MiB after the forced remove_all below
   auto s = yutu::store::embedded::create(ec);
   REQUIRE(s);
   client_config rc = remote_config(**s);
@@ -854,6 +949,20 @@ TEST_CASE("reserved puts through a remote master: the placeholder and the commit
   REQUIRE(yutu::sync_wait((*c)->close()));
   CHECK((*s)->master().metrics().key_count == 40);
   c->reset();
+
+  // Deferred commits over RPC: every put is reserved, the first one too, since a put that finds the
+  // pool empty waits for the refill in flight instead of making two round trips of its own.
+  REQUIRE(yutu::sync_wait((*s)->master().remove_all(true)));
+  rc.defer_put_commit = true;
+  auto d = client::create(rc);
+  REQUIRE(d);
+  for (unsigned i = 0; i < 40; ++i) REQUIRE(yutu::sync_wait(put_on_engine(**d, "d" + std::to_string(i), vals[i])));
+  CHECK(yutu::sync_wait((*d)->flush()).empty());
+  CHECK((*d)->stats().reserved_puts == 40);
+  CHECK((*d)->stats().reservation_fallbacks == 0);
+  for (unsigned i = 0; i < 40; ++i) CHECK(yutu::sync_wait((*d)->get("d" + std::to_string(i))).value() == vals[i]);
+  REQUIRE(yutu::sync_wait((*d)->close()));
+  CHECK((*s)->master().metrics().key_count == 40);
 }
 
 TEST_CASE("reserved puts: a reservation on a node that died is put again where the master places it") {

@@ -119,6 +119,21 @@ struct client_config {
   // Keep below the master's put_start_timeout (30 s by default): past it, the master refuses to
   // commit a reservation, and the put falls back to put_start / put_end.
   std::chrono::milliseconds put_reservation_max_age{10'000};
+  // Deferred commits (needs put_reservation_bytes; off by default): a reserved put returns once its
+  // bytes are in its replicas, and its commit goes to the master in the background, batched with the
+  // other reserved puts of the same engine thread, one batch_put_commit in flight per thread. The put
+  // then waits for no master round trip at all. What it gives up:
+  //  - the object becomes readable (to every client, this one included) when its commit lands, about
+  //    one master round trip after the put returned, not before the put returns;
+  //  - a commit the master refuses is reported by flush(), not by the put: a key that already
+  //    exists (the object stays as it was), or a reservation the master no longer holds (a forced
+  //    remove_all, a lost segment: that object is not stored, as if it had been evicted at once).
+  // `co_await flush()` waits for every commit of a put that returned before it, and returns those
+  // that failed: call it where another process must be able to read what was put (a prefill node
+  // before it tells the decode node). This client's remove, batch_remove, remove_all, upsert and
+  // close wait for them first, so its own calls keep their order. Puts that take no reservation
+  // (larger than put_reservation_max_object, other replication, none left) commit before returning.
+  bool defer_put_commit = false;
   // This client's id at the master; empty: a random one.
   std::string client_id;
 };
@@ -135,6 +150,15 @@ struct client_stats {
   std::uint64_t reserved_puts = 0;       // puts committed into a reservation (one master round trip)
   // Reserved puts done again the ordinary way: the master refused the commit, or the write failed.
   std::uint64_t reservation_fallbacks = 0;
+  // Deferred commits (client_config::defer_put_commit) the master refused: each also counts in
+  // put_failures, and flush() names them.
+  std::uint64_t deferred_commit_failures = 0;
+};
+
+// A put whose deferred commit failed (client_config::defer_put_commit), as flush() reports it.
+struct deferred_failure {
+  std::string key;
+  std::error_code error;
 };
 
 class client {
@@ -194,6 +218,11 @@ class client {
                                                                std::span<const std::vector<const void*>> srcs,
                                                                std::span<const std::vector<std::uint64_t>> sizes,
                                                                replicate_config cfg);
+
+  // Waits until every deferred commit of a put that returned before this call has landed (at
+  // once when there are none), and returns the deferred puts that failed since the previous flush()
+  // (at most 65536 are kept; the count is in stats().deferred_commit_failures). Any thread.
+  task<std::vector<deferred_failure>> flush();
 
   // --- get: copy out ---
   task<result<std::vector<std::byte>>> get(std::string key);
