@@ -14,12 +14,16 @@
 // master call and per transfer). Before the figures of a transport, one write pass over the node's
 // memory faults it in (steady state). Within a figure the store, the raw references and a master
 // round trip (exist() of an absent key) are measured in turn, `--rounds` times; the round trip gives
-// each figure the bound a store that waits for it cannot beat. Output: a table, then one JSON line
+// each figure the bound a store that waits for it cannot beat, and the process's CPU time per call
+// (store against raw) the bound a machine with every core busy sets. `--defer-commit` measures
+// reserved puts that commit in the background (client_config::defer_put_commit): each slice ends
+// with flush(), so its time covers every commit. Output: a table, then one JSON line
 // (last). First, as the floor under every master call, it measures a blocking loopback TCP round
 // trip between two threads. `--transports rdma` runs the node and the client over RDMA NICs.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -60,12 +64,15 @@ struct options {
   bool own_reactor = false;
   std::chrono::milliseconds replica_cache{0};
   std::uint64_t put_reservation = 0;
+  bool defer_commit = false;
+  bool hugepages = false;
   std::uint64_t nontemporal = yutu::store::client_config{}.engine.nontemporal_write_threshold;
 };
 
 struct sample {
   std::uint64_t bytes = 0;
   double seconds = 0;
+  double cpu_seconds = 0;  // of the whole process (client, engine, master, node), user + system
   std::vector<double> lat_us;
   std::uint64_t errors = 0;
   std::string first_error;
@@ -99,6 +106,7 @@ struct figure_ctx {
   clk::time_point deadline;
   std::string prefix;
   std::size_t round = 0;  // slice of the figure: in the put keys, so each slice's are new
+  bool deferred = false;  // client_config::defer_put_commit: puts end with a flush()
 };
 
 // Whether a worker goes on: until the figure's deadline, and at least three operations, so that a
@@ -206,6 +214,10 @@ task<bool> prefill(figure_ctx& f, std::byte* buf, std::size_t workers) {
         co_return false;
       }
   }
+  for (const deferred_failure& d : co_await f.c->flush()) {
+    std::fprintf(stderr, "store_bench: prefill of %s: %s\n", d.key.c_str(), d.error.message().c_str());
+    co_return false;
+  }
   co_return true;
 }
 
@@ -229,6 +241,13 @@ task<void> run_figure(figure_ctx& f, kind k, std::byte* buf, std::size_t workers
     }
   }
   co_await yutu::when_all(std::move(ws));
+  // Deferred commits: the slice ends when every put it made is readable, so its time includes the
+  // commits still in flight; a commit the master refused takes its object out of the figure.
+  if (k == kind::store_put && f.deferred)
+    for (const deferred_failure& d : co_await f.c->flush()) {
+      per[0].bytes -= f.size;
+      note(per[0], d.error);
+    }
   for (auto& p : per) {
     s.bytes += p.bytes;
     s.lat_us.insert(s.lat_us.end(), p.lat_us.begin(), p.lat_us.end());
@@ -241,13 +260,22 @@ task<void> run_figure(figure_ctx& f, kind k, std::byte* buf, std::size_t workers
 void add(sample& into, sample s) {
   into.bytes += s.bytes;
   into.seconds += s.seconds;
+  into.cpu_seconds += s.cpu_seconds;
   into.lat_us.insert(into.lat_us.end(), s.lat_us.begin(), s.lat_us.end());
   if (s.errors && !into.errors) into.first_error = s.first_error;
   into.errors += s.errors;
 }
 
+double process_cpu_seconds() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  auto sec = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) * 1e-6; };
+  return sec(u.ru_utime) + sec(u.ru_stime);
+}
+
 sample measure(yutu::io::reactor& r, figure_ctx& f, kind k, std::byte* buf, std::size_t workers, double duration) {
   sample s;
+  const double cpu0 = process_cpu_seconds();
   auto t0 = clk::now();
   f.deadline = t0 + std::chrono::duration_cast<clk::duration>(std::chrono::duration<double>(duration));
   if (f.on_engine)
@@ -255,6 +283,7 @@ sample measure(yutu::io::reactor& r, figure_ctx& f, kind k, std::byte* buf, std:
   else
     r.block_on(run_figure(f, k, buf, workers, s));
   s.seconds = std::chrono::duration<double>(clk::now() - t0).count();
+  s.cpu_seconds = process_cpu_seconds() - cpu0;
   return s;
 }
 
@@ -340,7 +369,8 @@ int main(int argc, char** argv) {
       std::printf(
           "usage: store_bench [--duration S] [--inflight N] [--node-memory SIZE] [--sizes 64KiB,1MiB,16MiB]\n"
           "                   [--batches 1,32] [--transports tcp,shm|rdma] [--in-process-master] [--own-reactor]\n"
-          "                   [--replica-cache MS] [--put-reservation SIZE] [--nontemporal-threshold SIZE]\n"
+          "                   [--replica-cache MS] [--put-reservation SIZE [--defer-commit]]\n"
+          "                   [--nontemporal-threshold SIZE] [--hugepages]\n"
           "                   [--rounds N] [--quick]\n"
           "  --rounds N: the store and the raw references alternate N times within each figure, --duration / N\n"
           "                 each (default 3), so that drift of the machine lands on both sides of a ratio\n"
@@ -352,6 +382,10 @@ int main(int argc, char** argv) {
           "  --put-reservation SIZE: each engine thread keeps SIZE bytes per object size allocated ahead\n"
           "                 (client_config::put_reservation_bytes): a put commits into one, one master\n"
           "                 round trip instead of two\n"
+          "  --defer-commit: reserved puts return once written and commit in the background, batched\n"
+          "                 (client_config::defer_put_commit); each slice of a put figure ends with flush(),\n"
+          "                 so its time covers every commit and its bytes only the objects committed\n"
+          "  --hugepages: the node's memory is backed by huge pages (reserve them first: vm.nr_hugepages)\n"
           "  --nontemporal-threshold SIZE: shm puts (and raw writes) of at least SIZE use streaming stores\n"
           "                 (client_config::engine.nontemporal_write_threshold, default 64KiB; 0: memcpy)\n");
       return 0;
@@ -388,6 +422,10 @@ int main(int argc, char** argv) {
       auto s = parse_size(next());
       if (!s) return 2;
       o.put_reservation = *s;
+    } else if (a == "--hugepages") {
+      o.hugepages = true;
+    } else if (a == "--defer-commit") {
+      o.defer_commit = true;
     } else if (a == "--nontemporal-threshold") {
       auto s = parse_size(next());
       if (!s) return 2;
@@ -398,6 +436,10 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "store_bench: unknown flag %s\n", a.c_str());
       return 2;
     }
+  }
+  if (o.defer_commit && !o.put_reservation) {
+    std::fprintf(stderr, "store_bench: --defer-commit needs --put-reservation (only reserved puts defer)\n");
+    return 2;
   }
   if (!(o.duration > 0) || o.inflight == 0 || o.transports.empty() || o.rounds == 0) {
     std::fprintf(stderr, "store_bench: bad options\n");
@@ -417,6 +459,7 @@ int main(int argc, char** argv) {
 
   embedded_config ec;
   ec.memory = o.node_memory;
+  ec.hugepages = o.hugepages;
   if (rdma) ec.protocol = "rdma";
   // Long enough for a 512 MiB get; short, because memory force-removed under a lease is held until it ends.
   ec.master.default_kv_lease_ttl = std::chrono::milliseconds(5000);
@@ -438,21 +481,28 @@ int main(int argc, char** argv) {
   const double rtt_us = loopback_rtt_p50_us(20000);
   std::printf("reference: a blocking loopback TCP round trip between two threads, p50 %.1f us (a put makes %s\n"
               "           master round trip%s and a get one; --replica-cache lets repeated gets skip theirs)\n",
-              rtt_us, o.put_reservation ? "one" : "two", o.put_reservation ? "" : "s");
+              rtt_us, o.defer_commit ? "no" : o.put_reservation ? "one" : "two",
+              o.put_reservation && !o.defer_commit ? "" : "s");
   nlohmann::json results = nlohmann::json::array();
-  std::printf("store_bench: %g s per figure, master over %s, callers on %s, replica cache %lld ms, put reservations %.0f MiB, node memory %.1f GiB\n",
+  std::printf("store_bench: %g s per figure, master over %s, callers on %s, replica cache %lld ms, put reservations %.0f MiB%s, node memory %.1f GiB\n",
               o.duration, o.in_process_master ? "in-process calls" : "RPC on loopback",
               o.own_reactor ? "a reactor of their own" : "the engine's threads",
               static_cast<long long>(o.replica_cache.count()), static_cast<double>(o.put_reservation) / (1 << 20),
+              o.defer_commit ? " with deferred commits" : "",
               static_cast<double>(o.node_memory) / (1ull << 30));
   std::printf("bound: the most a store that waits for one master round trip per call (two for a put without\n"
               "       a reservation, as above 4 MiB; none for a get served from the replica cache) can reach against raw at the\n"
               "       same concurrency: raw / (raw + round trips x master), mean latencies, the master's measured\n"
               "       as exist() of an absent key from the same number of callers just before the figure)\n");
-  std::printf("| %-9s | %-4s | %-7s | %-5s | %-11s | %-11s | %-6s | %-11s | %-6s | %-6s | %-8s | %-19s | %-19s |\n",
+  std::printf("cpu: the process's CPU time (client, engine, master and node together) per call, store / raw;\n"
+              "     cpu bound = raw's / the store's: the most the store can reach against raw where raw keeps\n"
+              "     every core busy (raw busy: raw's CPU time / (wall time x %u cores))\n",
+              std::max(1u, std::thread::hardware_concurrency()));
+  std::printf("| %-9s | %-4s | %-7s | %-5s | %-11s | %-11s | %-6s | %-11s | %-6s | %-6s | %-8s | %-19s | %-19s | %-17s | %-9s | %-8s |\n",
               "transport", "op", "size", "batch", "store GiB/s", "raw GiB/s", "ratio", "fresh GiB/s", "ratio", "bound",
-              "of bound", "store p50/p99 us", "raw p50/p99 us");
-  std::printf("|-----------|------|---------|-------|-------------|-------------|--------|-------------|--------|--------|----------|---------------------|---------------------|\n");
+              "of bound", "store p50/p99 us", "raw p50/p99 us", "cpu us/call st/raw", "cpu bound", "raw busy");
+  std::printf("|-----------|------|---------|-------|-------------|-------------|--------|-------------|--------|--------|----------|---------------------|---------------------|--------------------|-----------|----------|\n");
+  const double cores = std::max(1u, std::thread::hardware_concurrency());
   std::uint64_t total_errors = 0;
   std::size_t figures = 0, passes = 0, passes_fresh = 0, bounded = 0, near_bound = 0;
   double min_ratio = 1e9;
@@ -472,6 +522,7 @@ int main(int argc, char** argv) {
     cc.rpc_timeout = std::chrono::milliseconds(10'000);
     cc.replica_cache_max_age = o.replica_cache;
     cc.put_reservation_bytes = o.put_reservation;
+    cc.defer_put_commit = o.defer_commit;
     cc.engine.nontemporal_write_threshold = o.nontemporal;
     auto c = o.in_process_master ? (*store)->connect(cc) : [&] {
       cc.master = (*store)->master_address();
@@ -530,13 +581,14 @@ int main(int argc, char** argv) {
         f.fresh_size = node_seg.size;
         f.size = size;
         f.batch = batch;
+        f.deferred = o.defer_commit;
         const std::size_t workers =
             std::max<std::size_t>(1, std::min<std::uint64_t>(o.inflight, buf_bytes / (size * batch)));
         for (std::string op : {"put", "get"}) {
           f.prefix = fmt::format("f{}{}", fig++, op);
           // How many master round trips this figure's calls wait for, and what one costs now.
           const bool reserved = o.put_reservation && size <= client_config{}.put_reservation_max_object;
-          const int trips = op == "put" ? (reserved ? 1 : 2) : (o.replica_cache.count() > 0 ? 0 : 1);
+          const int trips = op == "put" ? (reserved ? (o.defer_commit ? 0 : 1) : 2) : (o.replica_cache.count() > 0 ? 0 : 1);
           // The store and its references alternate in `rounds` slices, so that the machine's drift
           // over the figure (other tenants, frequency) lands on both sides of each ratio.
           const double slice = o.duration / static_cast<double>(o.rounds);
@@ -570,6 +622,12 @@ int main(int argc, char** argv) {
           const double raw_p50 = pct(raw.lat_us, 0.5), raw_mean = mean(raw.lat_us);
           const double bound = trips == 0 || raw_mean <= 0 ? 1.0 : raw_mean / (raw_mean + trips * master_mean);
           const double of_bound = bound > 0 ? ratio / bound : 0;
+          const auto per_call = [](const sample& x) {
+            return x.lat_us.empty() ? 0.0 : x.cpu_seconds * 1e6 / static_cast<double>(x.lat_us.size());
+          };
+          const double st_cpu = per_call(st), raw_cpu = per_call(raw);
+          const double cpu_bound = st_cpu > 0 ? std::min(1.0, raw_cpu / st_cpu) : 1.0;
+          const double raw_busy = raw.seconds > 0 ? raw.cpu_seconds / (raw.seconds * cores) : 0;
           min_ratio = std::min(min_ratio, ratio);
           if (ratio < 0.8 && bound < 0.8) {
             ++bounded;
@@ -581,10 +639,10 @@ int main(int argc, char** argv) {
           total_errors += st.errors + raw.errors + fresh.errors + mrtt.errors;
           std::string size_s = size >= (1 << 20) ? fmt::format("{}MiB", size >> 20) : fmt::format("{}KiB", size >> 10);
           std::string fresh_s = op == "put" ? fmt::format("{:11.3f}", fg) : fmt::format("{:>11}", "-");
-          std::printf("| %-9s | %-4s | %-7s | %-5zu | %11.3f | %11.3f | %5.0f%% | %s | %5.0f%% | %5.0f%% | %7.0f%% | %8.0f / %8.0f | %8.0f / %8.0f |\n",
+          std::printf("| %-9s | %-4s | %-7s | %-5zu | %11.3f | %11.3f | %5.0f%% | %s | %5.0f%% | %5.0f%% | %7.0f%% | %8.0f / %8.0f | %8.0f / %8.0f | %7.1f / %8.1f | %8.0f%% | %7.0f%% |\n",
                       transport.c_str(), op.c_str(), size_s.c_str(), batch, sg, rg, 100 * ratio, fresh_s.c_str(),
                       100 * ratio_fresh, 100 * bound, 100 * of_bound, pct(st.lat_us, 0.5), pct(st.lat_us, 0.99),
-                      raw_p50, pct(raw.lat_us, 0.99));
+                      raw_p50, pct(raw.lat_us, 0.99), st_cpu, raw_cpu, 100 * cpu_bound, 100 * raw_busy);
           std::fflush(stdout);
           if (st.errors) std::printf("    store errors: %llu (%s)\n", static_cast<unsigned long long>(st.errors), st.first_error.c_str());
           if (raw.errors) std::printf("    raw errors: %llu (%s)\n", static_cast<unsigned long long>(raw.errors), raw.first_error.c_str());
@@ -598,6 +656,8 @@ int main(int argc, char** argv) {
                                   {"master_rtt_trips", trips}, {"master_rtt_p50_us", master_p50},
                                   {"master_rtt_mean_us", master_mean}, {"raw_mean_us", raw_mean},
                                   {"bound", bound}, {"of_bound", of_bound},
+                                  {"store_cpu_us_per_call", st_cpu}, {"raw_cpu_us_per_call", raw_cpu},
+                                  {"cpu_bound", cpu_bound}, {"raw_busy", raw_busy},
                                   {"errors", st.errors + raw.errors + fresh.errors + mrtt.errors}};
           if (op == "put") {
             fig_j["raw_fresh_gib_s"] = fg;
@@ -625,6 +685,7 @@ int main(int argc, char** argv) {
   j["callers"] = o.own_reactor ? "own-reactor" : "engine-threads";
   j["replica_cache_ms"] = o.replica_cache.count();
   j["put_reservation_bytes"] = o.put_reservation;
+  j["defer_commit"] = o.defer_commit;
   j["duration_s"] = o.duration;
   j["rounds"] = o.rounds;
   j["results"] = results;

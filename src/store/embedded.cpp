@@ -95,6 +95,7 @@ result<std::unique_ptr<embedded>> embedded::create(embedded_config cfg) {
     nc.protocol = c.protocol;
     nc.global_segment_size = c.memory;
     nc.max_segment_size = c.max_segment_size;
+    nc.hugepages = c.hugepages;
     auto n = client::create(nc, *p->master);
     if (!n) return fail(n.error());
     p->node = std::move(*n);

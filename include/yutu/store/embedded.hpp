@@ -33,6 +33,8 @@ struct embedded_config {
   // Memory the embedded storage node contributes; 0: no storage node.
   std::uint64_t memory = 256ull << 20;
   std::uint64_t max_segment_size = 16ull << 30;
+  // Back that memory with huge pages (client_config::hugepages; the host must have them reserved).
+  bool hugepages = false;
   std::string protocol = "tcp";
   master_config master;
   // Reactor threads serving RPC and metadata, and running the master's maintenance.
