@@ -842,6 +842,7 @@ TEST_CASE("deferred commits: a put returns before its commit; flush waits for it
   cc.engine_threads = 1;
   cc.put_reservation_bytes = 1 * mib;  // 16 reservations of 64 KiB
   cc.defer_put_commit = true;
+  cc.deferred_commit_gather = 0us;  // each commit leaves at once: the batches below are exact
   auto cr = client::create(cc, late);
   REQUIRE(cr);
   auto& c = **cr;
@@ -910,6 +911,19 @@ TEST_CASE("deferred commits: a put returns before its commit; flush waits for it
   REQUIRE(yutu::sync_wait(c.close()));
   CHECK(holds("last", w));
   CHECK(m.metrics().key_count == 3);  // z, z2, last
+
+  // Gathering: with commits answered at once, the first put's commit waits for the others.
+  late.commit_delay = 0ms;
+  cc.deferred_commit_gather = 200ms;
+  auto gr = client::create(cc, late);
+  REQUIRE(gr);
+  const int calls = late.commit_calls;
+  for (int i = 0; i < 10; ++i) REQUIRE(yutu::sync_wait(put_on_engine(**gr, "g" + std::to_string(i), v)));
+  CHECK_FALSE(exists("g0"));
+  CHECK(yutu::sync_wait((*gr)->flush()).empty());
+  CHECK(late.commit_calls == calls + 1);
+  for (int i = 0; i < 10; ++i) CHECK(holds("g" + std::to_string(i), v));
+  REQUIRE(yutu::sync_wait((*gr)->close()));
 }
 
 TEST_CASE("deferred commits need reservations") {

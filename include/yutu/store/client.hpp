@@ -134,6 +134,10 @@ struct client_config {
   // close wait for them first, so its own calls keep their order. Puts that take no reservation
   // (larger than put_reservation_max_object, other replication, none left) commit before returning.
   bool defer_put_commit = false;
+  // With deferred commits: a thread's commit that would carry fewer than 64 keys first waits this
+  // long for more, so that one round trip serves several puts (0: send at once). It adds as much to
+  // the time before an object is readable, and to flush().
+  std::chrono::microseconds deferred_commit_gather{200};
   // This client's id at the master; empty: a random one.
   std::string client_id;
 };
