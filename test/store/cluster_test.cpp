@@ -2,7 +2,8 @@
 // (found through YUTU_TEST_METADATA_EXE, YUTU_TEST_MASTER_EXE, YUTU_TEST_NODE_EXE, set by meson), with clients in this process.
 // A node killed during puts and gets with two replicas (no completed object lost, failures typed, no
 // hang, puts recover once the master expires the node), eviction under memory pressure, same-key puts
-// from two clients, a node frozen past the client TTL that re-mounts, and a node's clean SIGTERM.
+// from two clients, deferred commits while the master is frozen, a node frozen past the client TTL
+// that re-mounts, and a node's clean SIGTERM.
 #include <doctest/doctest.h>
 
 #include <atomic>
@@ -280,6 +281,66 @@ TEST_CASE("same-key puts from two clients: one wins, the others are told it exis
   CHECK(exists == 15);
   CHECK(r.block_on(a->get("same")).value() == value_of(winner, 100 * kib));
   CHECK(r.block_on(b->get("same")).value() == value_of(winner, 100 * kib));
+}
+
+task<result<void>> put_on_engine(client& c, std::string key, std::span<const std::byte> v) {
+  co_await c.engine().schedule();
+  co_return co_await c.put(std::move(key), v);
+}
+
+TEST_CASE("deferred commits while the master is frozen: flush reports typed errors by the RPC deadline") {
+  if (!have_binaries()) return;
+  // A TTL the freeze stays under: an expired node's segment, mounted again, would take no replica
+  // for put_start_timeout (30 s), since this client's reservations there are puts in flight.
+  cluster cl(1, 64 * mib, /*client_ttl_s=*/10);
+  client_config cc;
+  cc.master = cl.master;
+  cc.metadata = cl.metadata;
+  cc.transports = {"tcp"};
+  cc.engine_threads = 1;
+  cc.transfer_deadline = 3s;
+  cc.rpc_timeout = 1s;
+  cc.put_reservation_bytes = 1 * mib;  // 16 reservations of 64 KiB
+  cc.defer_put_commit = true;
+  auto cr = client::create(cc);
+  REQUIRE(cr);
+  auto& c = **cr;
+  std::vector<std::vector<std::byte>> values;
+  for (std::size_t i = 0; i < 8; ++i) values.push_back(value_of(i, 64 * kib));
+  REQUIRE(yutu::sync_wait(put_on_engine(c, "a", values[0])));  // and 16 reservations
+  REQUIRE(yutu::sync_wait(c.flush()).empty());
+
+  // The master stops answering: puts into reservations still return (the node is alive), their
+  // commits cannot land, and flush() gives them up at the RPC deadline with a typed error.
+  cl.master_proc.signal(SIGSTOP);
+  for (std::size_t i = 1; i <= 5; ++i)
+    REQUIRE(yutu::sync_wait(put_on_engine(c, "b" + std::to_string(i), values[i])));
+  const auto t0 = std::chrono::steady_clock::now();
+  auto failed = yutu::sync_wait(c.flush());
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  cl.master_proc.signal(SIGCONT);
+  CHECK(waited < 4s);
+  REQUIRE(failed.size() == 5);
+  std::set<std::string> keys;
+  for (const auto& f : failed) {
+    keys.insert(f.key);
+    CHECK_MESSAGE((f.error == errc::rpc_timeout || f.error == errc::rpc_fail || yutu::is_timeout(f.error)),
+                  f.error.message());
+  }
+  CHECK(keys == std::set<std::string>{"b1", "b2", "b3", "b4", "b5"});
+  CHECK(c.stats().deferred_commit_failures == 5);
+
+  // Thawed: a lost answer means committed or not, as for a put_end; never another object's bytes.
+  for (std::size_t i = 1; i <= 5; ++i) {
+    auto g = yutu::sync_wait(c.get("b" + std::to_string(i)));
+    if (g) CHECK(*g == values[i]);
+    else CHECK(g.error() == errc::object_not_found);
+  }
+  // And the client goes on: a new put commits.
+  REQUIRE(yutu::sync_wait(put_on_engine(c, "c", values[6])));
+  for (const auto& f : yutu::sync_wait(c.flush())) FAIL_CHECK(f.key << ": " << f.error.message());
+  CHECK(yutu::sync_wait(c.get("c")).value() == values[6]);
+  REQUIRE(yutu::sync_wait(c.close()));
 }
 
 TEST_CASE("a node frozen past the client TTL is expired, then re-mounts; SIGTERM unmounts and exits 0") {
