@@ -816,9 +816,14 @@ struct client::impl {
     for (std::size_t i = 0; i < n; ++i)
       if (out[i]) todo.push_back(i);
     if (todo.empty()) co_return;
-    std::vector<std::string> tkeys;
-    object_set tobjs;
-    select(keys, objs, todo, tkeys, tobjs);
+    // The keys still to put; the caller's own spans when that is all of them (the usual case: no
+    // copy of each key and of the object list per put).
+    std::vector<std::string> sel_keys;
+    object_set sel_objs;
+    const bool all = todo.size() == n;
+    if (!all) select(keys, objs, todo, sel_keys, sel_objs);
+    const std::span<const std::string> tkeys = all ? keys : std::span<const std::string>(sel_keys);
+    const object_set& tobjs = all ? objs : sel_objs;
     // Reservations for every key of the batch (one size, the default replication), or for none.
     std::vector<reservation> resv;
     std::size_t resv_thread = npos;
