@@ -585,7 +585,9 @@ struct client::impl {
         w.ev->set();
         return true;
       });
-      if (!stale.empty()) co_await give_back(std::move(stale));
+      // In the background: with the master unreachable the revoke waits for its own deadline, and
+      // the commits queued meanwhile should not wait behind it.
+      if (!stale.empty()) bg.spawn(give_back(std::move(stale)));
     }
     st.committing = false;
   }
