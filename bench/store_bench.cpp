@@ -214,7 +214,12 @@ task<bool> prefill(figure_ctx& f, std::byte* buf, std::size_t workers) {
         co_return false;
       }
   }
-  for (const deferred_failure& d : co_await f.c->flush()) {
+  auto failed = co_await f.c->flush();
+  if (!failed) {
+    std::fprintf(stderr, "store_bench: prefill: flush: %s\n", failed.error().message().c_str());
+    co_return false;
+  }
+  for (const deferred_failure& d : *failed) {
     std::fprintf(stderr, "store_bench: prefill of %s: %s\n", d.key.c_str(), d.error.message().c_str());
     co_return false;
   }
@@ -243,11 +248,14 @@ task<void> run_figure(figure_ctx& f, kind k, std::byte* buf, std::size_t workers
   co_await yutu::when_all(std::move(ws));
   // Deferred commits: the slice ends when every put it made is readable, so its time includes the
   // commits still in flight; a commit the master refused takes its object out of the figure.
-  if (k == kind::store_put && f.deferred)
-    for (const deferred_failure& d : co_await f.c->flush()) {
+  if (k == kind::store_put && f.deferred) {
+    auto failed = co_await f.c->flush();
+    if (!failed) note(per[0], failed.error());
+    for (const deferred_failure& d : failed ? *failed : std::vector<deferred_failure>{}) {
       per[0].bytes -= f.size;
       note(per[0], d.error);
     }
+  }
   for (auto& p : per) {
     s.bytes += p.bytes;
     s.lat_us.insert(s.lat_us.end(), p.lat_us.begin(), p.lat_us.end());

@@ -580,7 +580,9 @@ int main(int argc, char** argv) {
 
   // Deferred commits the master refused: a block another request had stored first is a duplicate,
   // as a refused put would have been; anything else is an error.
-  for (const auto& f : yutu::sync_wait((*store)->flush())) {
+  auto failed = yutu::sync_wait((*store)->flush());
+  if (!failed) s.error(fmt::format("flush: {}", failed.error().message()));
+  for (const auto& f : failed ? *failed : std::vector<yutu::store::deferred_failure>{}) {
     if (f.error == yutu::errc::object_already_exists) {
       s.put_dups.fetch_add(1);
       s.write_bytes.fetch_sub(o.block_size);

@@ -592,9 +592,10 @@ struct client::impl {
     st.committing = false;
   }
 
-  // Waits until every commit deferred before this call has landed, on every engine thread.
-  task<void> wait_commits() {
-    if (!cfg.defer_put_commit || reserves.empty()) co_return;
+  // Waits until every commit deferred before this call has landed, on every engine thread;
+  // operation_canceled on a stop request.
+  task<result<void>> wait_commits() {
+    if (!cfg.defer_put_commit || reserves.empty()) co_return ok();
     coro::executor* home = coro::current_executor();
     bool moved = false;
     for (std::size_t i = 0; i < reserves.size(); ++i) {
@@ -607,10 +608,14 @@ struct client::impl {
       coro::async_event ev;
       st.waiters.push_back(commit_waiter{target, &ev});
       // Resumes here, on thread i; a cancelled wait takes its entry out before `ev` goes.
-      if (!co_await ev.wait())
-        std::erase_if(st.waiters, [&ev](const commit_waiter& w) { return w.ev == &ev; });
+      if (auto w = co_await ev.wait(); !w) {
+        std::erase_if(st.waiters, [&ev](const commit_waiter& x) { return x.ev == &ev; });
+        co_await hop_to{home, {}};
+        co_return fail(w.error());
+      }
     }
     if (moved) co_await hop_to{home, {}};
+    co_return ok();
   }
 
   // close(): every thread's reservations, taken on their threads, then revoked in one call.
@@ -1521,7 +1526,7 @@ task<result<void>> client::put(std::string key, std::span<const std::byte> value
 task<result<void>> client::upsert(std::string key, std::span<const std::byte> value, replicate_config cfg) {
   std::vector<result<void>> out(1, ok());
   if (p_->closed.load()) co_return fail(errc::closed);
-  co_await p_->wait_commits();  // a deferred put of this key lands first, as it was called first
+  (void)co_await p_->wait_commits();  // a deferred put of this key lands first, as it was called first
   co_await p_->put_values(std::span(&key, 1), std::span(&value, 1), std::move(cfg), true, out);
   p_->drop_cached();
   co_return out[0];
@@ -1773,7 +1778,7 @@ task<result<std::uint64_t>> client::get_size(std::string key) {
 
 task<result<void>> client::remove(std::string key, bool force) {
   if (p_->closed.load()) co_return fail(errc::closed);
-  co_await p_->wait_commits();
+  (void)co_await p_->wait_commits();
   auto r = co_await p_->master->remove(std::move(key), force);
   p_->drop_cached();
   co_return r;
@@ -1781,7 +1786,7 @@ task<result<void>> client::remove(std::string key, bool force) {
 
 task<std::vector<result<void>>> client::batch_remove(std::span<const std::string> keys, bool force) {
   if (p_->closed.load()) co_return std::vector<result<void>>(keys.size(), fail(errc::closed));
-  co_await p_->wait_commits();
+  (void)co_await p_->wait_commits();
   std::vector<std::string> ks(keys.begin(), keys.end());
   auto r = co_await p_->master->batch_remove(std::move(ks), force);
   p_->drop_cached();
@@ -1790,7 +1795,7 @@ task<std::vector<result<void>>> client::batch_remove(std::span<const std::string
 
 task<result<std::uint64_t>> client::remove_all(bool force) {
   if (p_->closed.load()) co_return fail(errc::closed);
-  co_await p_->wait_commits();
+  (void)co_await p_->wait_commits();
   auto r = co_await p_->master->remove_all(force);
   p_->drop_cached();
   // A forced remove_all takes puts in flight too, reservations among them.
@@ -1798,9 +1803,9 @@ task<result<std::uint64_t>> client::remove_all(bool force) {
   co_return r;
 }
 
-task<std::vector<deferred_failure>> client::flush() {
+task<result<std::vector<deferred_failure>>> client::flush() {
   coro::executor* caller = coro::current_executor();
-  co_await p_->wait_commits();
+  if (auto w = co_await p_->wait_commits(); !w) co_return fail(w.error());
   std::vector<deferred_failure> out;
   {
     std::lock_guard lock(p_->failed_mu);
@@ -1815,7 +1820,7 @@ task<result<void>> client::close() {
   coro::executor* caller = coro::current_executor();
   p_->hb_stop.request_stop();
   if (p_->hb_running) (void)co_await p_->hb_done.wait();
-  co_await p_->wait_commits();  // puts that returned are committed before their reservations go
+  (void)co_await p_->wait_commits();  // puts that returned are committed before their reservations go
   co_await p_->drop_reservations();
   result<void> first = ok();
   for (const segment_info& s : p_->segs) {

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <memory>
 #include <set>
+#include <stop_token>
 #include <string>
 #include <thread>
 #include <vector>
@@ -863,23 +864,34 @@ TEST_CASE("deferred commits: a put returns before its commit; flush waits for it
   CHECK_FALSE(exists("k9"));
   CHECK(c.stats().puts == 0);  // counted when their commits land
   // flush() waits for all of them: k0's commit alone, then k1..k9 in one batch behind it.
-  CHECK(yutu::sync_wait(c.flush()).empty());
+  CHECK(yutu::sync_wait(c.flush()).value().empty());
   CHECK(late.commit_calls == 2);
   for (int i = 0; i < 10; ++i) CHECK(holds("k" + std::to_string(i), v));
   CHECK(c.stats().puts == 10);
   CHECK(c.stats().reserved_puts == 10);
-  CHECK(yutu::sync_wait(c.flush()).empty());  // nothing pending: at once
+  CHECK(yutu::sync_wait(c.flush()).value().empty());  // nothing pending: at once
+
+  // A flush whose caller stops waiting says so, and a later one still waits for that commit.
+  REQUIRE(put("x", v));
+  std::stop_source stop;
+  stop.request_stop();
+  auto cancelled = yutu::sync_wait(c.flush().with_stop_token(stop.get_token()));
+  REQUIRE_FALSE(cancelled);
+  CHECK(yutu::is_canceled(cancelled.error()));
+  CHECK_FALSE(exists("x"));
+  CHECK(yutu::sync_wait(c.flush()).value().empty());
+  CHECK(holds("x", v));
 
   // A put of an existing key returns ok; flush() names it, and the object keeps its bytes.
   REQUIRE(put("k3", w));
-  auto failed = yutu::sync_wait(c.flush());
+  auto failed = yutu::sync_wait(c.flush()).value();
   REQUIRE(failed.size() == 1);
   CHECK(failed[0].key == "k3");
   CHECK(failed[0].error == errc::object_already_exists);
   CHECK(holds("k3", v));
   CHECK(c.stats().deferred_commit_failures == 1);
   CHECK(c.stats().put_failures == 1);
-  CHECK(yutu::sync_wait(c.flush()).empty());  // reported once
+  CHECK(yutu::sync_wait(c.flush()).value().empty());  // reported once
 
   // This client's own calls keep their order: a remove right after a put removes the object, and
   // no late commit brings it back.
@@ -895,14 +907,14 @@ TEST_CASE("deferred commits: a put returns before its commit; flush waits for it
   // and flush() says so; the next puts find fresh ones.
   REQUIRE(yutu::sync_wait(node->remove_all(true)));
   REQUIRE(put("z", v));
-  failed = yutu::sync_wait(c.flush());
+  failed = yutu::sync_wait(c.flush()).value();
   REQUIRE(failed.size() == 1);
   CHECK(failed[0].key == "z");
   CHECK(failed[0].error == errc::object_not_found);
   CHECK_FALSE(exists("z"));
   REQUIRE(put("z", v));
   REQUIRE(put("z2", w));
-  CHECK(yutu::sync_wait(c.flush()).empty());
+  CHECK(yutu::sync_wait(c.flush()).value().empty());
   CHECK(holds("z", v));
   CHECK(holds("z2", w));
 
@@ -920,7 +932,7 @@ TEST_CASE("deferred commits: a put returns before its commit; flush waits for it
   const int calls = late.commit_calls;
   for (int i = 0; i < 10; ++i) REQUIRE(yutu::sync_wait(put_on_engine(**gr, "g" + std::to_string(i), v)));
   CHECK_FALSE(exists("g0"));
-  CHECK(yutu::sync_wait((*gr)->flush()).empty());
+  CHECK(yutu::sync_wait((*gr)->flush()).value().empty());
   CHECK(late.commit_calls == calls + 1);
   for (int i = 0; i < 10; ++i) CHECK(holds("g" + std::to_string(i), v));
   REQUIRE(yutu::sync_wait((*gr)->close()));
@@ -971,7 +983,7 @@ TEST_CASE("reserved puts through a remote master: the placeholder and the commit
   auto d = client::create(rc);
   REQUIRE(d);
   for (unsigned i = 0; i < 40; ++i) REQUIRE(yutu::sync_wait(put_on_engine(**d, "d" + std::to_string(i), vals[i])));
-  CHECK(yutu::sync_wait((*d)->flush()).empty());
+  CHECK(yutu::sync_wait((*d)->flush()).value().empty());
   CHECK((*d)->stats().reserved_puts == 40);
   CHECK((*d)->stats().reservation_fallbacks == 0);
   for (unsigned i = 0; i < 40; ++i) CHECK(yutu::sync_wait((*d)->get("d" + std::to_string(i))).value() == vals[i]);

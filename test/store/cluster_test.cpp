@@ -308,7 +308,7 @@ TEST_CASE("deferred commits while the master is frozen: flush reports typed erro
   std::vector<std::vector<std::byte>> values;
   for (std::size_t i = 0; i < 8; ++i) values.push_back(value_of(i, 64 * kib));
   REQUIRE(yutu::sync_wait(put_on_engine(c, "a", values[0])));  // and 16 reservations
-  REQUIRE(yutu::sync_wait(c.flush()).empty());
+  REQUIRE(yutu::sync_wait(c.flush()).value().empty());
 
   // The master stops answering: puts into reservations still return (the node is alive), their
   // commits cannot land, and flush() gives them up at the RPC deadline with a typed error.
@@ -316,7 +316,7 @@ TEST_CASE("deferred commits while the master is frozen: flush reports typed erro
   for (std::size_t i = 1; i <= 5; ++i)
     REQUIRE(yutu::sync_wait(put_on_engine(c, "b" + std::to_string(i), values[i])));
   const auto t0 = std::chrono::steady_clock::now();
-  auto failed = yutu::sync_wait(c.flush());
+  auto failed = yutu::sync_wait(c.flush()).value();
   const auto waited = std::chrono::steady_clock::now() - t0;
   cl.master_proc.signal(SIGCONT);
   CHECK(waited < 4s);
@@ -338,7 +338,8 @@ TEST_CASE("deferred commits while the master is frozen: flush reports typed erro
   }
   // And the client goes on: a new put commits.
   REQUIRE(yutu::sync_wait(put_on_engine(c, "c", values[6])));
-  for (const auto& f : yutu::sync_wait(c.flush())) FAIL_CHECK(f.key << ": " << f.error.message());
+  const auto after_thaw = yutu::sync_wait(c.flush()).value();
+  for (const auto& f : after_thaw) FAIL_CHECK(f.key << ": " << f.error.message());
   CHECK(yutu::sync_wait(c.get("c")).value() == values[6]);
   REQUIRE(yutu::sync_wait(c.close()));
 }

@@ -225,8 +225,9 @@ class client {
 
   // Waits until every deferred commit of a put that returned before this call has landed (at
   // once when there are none), and returns the deferred puts that failed since the previous flush()
-  // (at most 65536 are kept; the count is in stats().deferred_commit_failures). Any thread.
-  task<std::vector<deferred_failure>> flush();
+  // (at most 65536 are kept; the count is in stats().deferred_commit_failures). A stop request
+  // ends the wait with operation_canceled, and the failures stay for the next flush(). Any thread.
+  task<result<std::vector<deferred_failure>>> flush();
 
   // --- get: copy out ---
   task<result<std::vector<std::byte>>> get(std::string key);
