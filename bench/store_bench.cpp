@@ -250,10 +250,13 @@ task<void> run_figure(figure_ctx& f, kind k, std::byte* buf, std::size_t workers
   // commits still in flight; a commit the master refused takes its object out of the figure.
   if (k == kind::store_put && f.deferred) {
     auto failed = co_await f.c->flush();
-    if (!failed) note(per[0], failed.error());
-    for (const deferred_failure& d : failed ? *failed : std::vector<deferred_failure>{}) {
-      per[0].bytes -= f.size;
-      note(per[0], d.error);
+    if (!failed) {
+      note(per[0], failed.error());
+    } else {
+      for (const deferred_failure& d : *failed) {
+        per[0].bytes -= f.size;
+        note(per[0], d.error);
+      }
     }
   }
   for (auto& p : per) {

@@ -580,14 +580,16 @@ int main(int argc, char** argv) {
 
   // Deferred commits the master refused: a block another request had stored first is a duplicate,
   // as a refused put would have been; anything else is an error.
-  auto failed = yutu::sync_wait((*store)->flush());
-  if (!failed) s.error(fmt::format("flush: {}", failed.error().message()));
-  for (const auto& f : failed ? *failed : std::vector<yutu::store::deferred_failure>{}) {
-    if (f.error == yutu::errc::object_already_exists) {
-      s.put_dups.fetch_add(1);
-      s.write_bytes.fetch_sub(o.block_size);
-    } else {
-      s.error(fmt::format("deferred commit of {}: {}", f.key, f.error.message()));
+  if (auto failed = yutu::sync_wait((*store)->flush()); !failed) {
+    s.error(fmt::format("flush: {}", failed.error().message()));
+  } else {
+    for (const auto& f : *failed) {
+      if (f.error == yutu::errc::object_already_exists) {
+        s.put_dups.fetch_add(1);
+        s.write_bytes.fetch_sub(o.block_size);
+      } else {
+        s.error(fmt::format("deferred commit of {}: {}", f.key, f.error.message()));
+      }
     }
   }
   auto st = (*store)->stats();

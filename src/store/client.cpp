@@ -53,6 +53,13 @@ struct hop_to {
   void await_resume() const noexcept {}
 };
 
+// How the master refuses the commit of a reservation that is gone (a forced remove_all, an
+// unmount, put_start_timeout), is not this client's, or is not a put in flight: nothing was
+// committed, and the thread's other reservations of that size most likely went the same way.
+bool reservation_gone(const std::error_code& ec) noexcept {
+  return ec == errc::object_not_found || ec == errc::illegal_client || ec == errc::invalid_write;
+}
+
 struct io_part {
   std::byte* p = nullptr;
   std::uint64_t n = 0;
@@ -570,7 +577,7 @@ struct client::impl {
         }
         // Gone or refused (or the answer lost): the others of that size on this thread most likely
         // went the same way, and are given back rather than each failing once.
-        if (ec == errc::object_not_found || ec == errc::illegal_client || ec == errc::invalid_write)
+        if (reservation_gone(ec))
           if (reserve_pool* pl = find_pool(st, pc.size)) pl->drain_all(stale);
         stale.push_back(std::move(pc.r.placeholder));
       }
@@ -919,7 +926,7 @@ struct client::impl {
         if (ec == errc::object_already_exists) {
           tout[t] = fail(ec);  // the reservation is intact: the next put of this size takes it
           return_reserved(resv_thread, resv_size, std::move(resv[t]));
-        } else if (ec == errc::object_not_found || ec == errc::illegal_client || ec == errc::invalid_write) {
+        } else if (reservation_gone(ec)) {
           again.push_back(t);  // the reservation is gone or refused: nothing was committed
           stale.push_back(std::move(resv[t].placeholder));
         } else {
@@ -1804,14 +1811,11 @@ task<result<std::uint64_t>> client::remove_all(bool force) {
 }
 
 task<result<std::vector<deferred_failure>>> client::flush() {
-  coro::executor* caller = coro::current_executor();
+  // wait_commits() returns on this caller's executor.
   if (auto w = co_await p_->wait_commits(); !w) co_return fail(w.error());
   std::vector<deferred_failure> out;
-  {
-    std::lock_guard lock(p_->failed_mu);
-    out.swap(p_->failed);
-  }
-  co_await hop_to{caller, {}};
+  std::lock_guard lock(p_->failed_mu);
+  out.swap(p_->failed);
   co_return out;
 }
 
