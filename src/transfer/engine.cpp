@@ -597,16 +597,24 @@ struct engine::impl final : transport_host {
     return false;
   }
 
-  task<void> run_batch(std::span<const transfer_request> batch, std::vector<std::error_code>& errors) {
-    // The requests run_now could not finish, with what it found out about each.
-    std::vector<std::pair<std::size_t, resolved>> rest;
+  // The requests run_now could not finish, with what it found out about each.
+  using pending = std::vector<std::pair<std::size_t, resolved>>;
+
+  // Runs every request that can complete on the spot. What is left needs run_rest, under the
+  // batch's deadline; a batch of local and shm copies thus never arms a timer. The timer (a timeout
+  // SQE, its cancel, two completions and a when_any) cost store_bench's 64 KiB shm gets about 0.25 us
+  // of CPU in 1.4, and its puts 0.6 in 4.3.
+  pending run_inline(std::span<const transfer_request> batch, std::vector<std::error_code>& errors) {
+    pending rest;
     resolved last;
     for (std::size_t i = 0; i < batch.size(); ++i) {
       resolved res;
       if (!run_now(batch[i], errors[i], res, last)) rest.emplace_back(i, std::move(res));
     }
-    last = {};
-    if (rest.empty()) co_return;
+    return rest;
+  }
+
+  task<void> run_rest(std::span<const transfer_request> batch, std::vector<std::error_code>& errors, pending rest) {
     if (rest.size() == 1) {
       co_await run_request(batch[rest[0].first], errors[rest[0].first], std::move(rest[0].second));
       co_return;
@@ -879,12 +887,16 @@ task<batch_result> engine::transfer(std::span<const transfer_request> batch, bat
   // copies then cost no thread hop at all, and tcp slices hop only to their connection's reactor. A
   // plain thread has no reactor for the deadline timer, so it borrows one of the engine's.
   if (!io::reactor::current()) co_await p.pool_->at(p.pick_reactor()).schedule();
-  auto deadline = opts.deadline.value_or(p.cfg.batch_deadline);
-  auto r = co_await io::with_timeout(p.run_batch(batch, out.errors), deadline);
-  if (!r && is_timeout(r.error())) {
-    for (auto& e : out.errors)
-      if (is_canceled(e)) e = std::make_error_code(std::errc::timed_out);
-    p.abort_peers(batch, out.errors);
+  // A copy done on the spot cannot be interrupted by a timer anyway: only what waits is raced
+  // against the deadline.
+  if (auto rest = p.run_inline(batch, out.errors); !rest.empty()) {
+    auto deadline = opts.deadline.value_or(p.cfg.batch_deadline);
+    auto r = co_await io::with_timeout(p.run_rest(batch, out.errors, std::move(rest)), deadline);
+    if (!r && is_timeout(r.error())) {
+      for (auto& e : out.errors)
+        if (is_canceled(e)) e = std::make_error_code(std::errc::timed_out);
+      p.abort_peers(batch, out.errors);
+    }
   }
   if (!opts.notify.empty()) {
     std::set<segment_id> targets;
