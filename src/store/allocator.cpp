@@ -203,6 +203,49 @@ void offset_allocator::free(const allocation& a) {
   insert_free(keep);
 }
 
+std::uint32_t offset_allocator::split(std::uint32_t n, std::uint64_t at) {
+  const std::uint32_t r = new_node();  // may move nodes_: no reference is held across it
+  node& b = nodes_[n];
+  node& s = nodes_[r];
+  s.offset = b.offset + at;
+  s.size = b.size - at;
+  b.size = at;
+  s.phys_prev = n;
+  s.phys_next = b.phys_next;
+  if (b.phys_next != none) nodes_[b.phys_next].phys_prev = r;
+  b.phys_next = r;
+  return r;
+}
+
+std::vector<allocation> offset_allocator::reserve_ranges(
+    std::span<const std::pair<std::uint64_t, std::uint64_t>> ranges) {
+  std::vector<allocation> out(ranges.size());
+  std::uint32_t n = head_;
+  for (std::size_t i = 0; i < ranges.size() && n != none; ++i) {
+    const auto [addr, size] = ranges[i];
+    if (size == 0 || addr < base_ || addr - base_ >= capacity_ || size > capacity_ - (addr - base_) ||
+        (addr - base_) % align_ != 0 || size % align_ != 0)
+      continue;
+    const std::uint64_t off = addr - base_;
+    while (n != none && nodes_[n].offset + nodes_[n].size <= off) n = nodes_[n].phys_next;
+    if (n == none) break;
+    if (is_used(n) || nodes_[n].offset > off || nodes_[n].offset + nodes_[n].size < off + size) continue;
+    remove_free(n);
+    if (nodes_[n].offset < off) {
+      const std::uint32_t r = split(n, off - nodes_[n].offset);
+      insert_free(n);
+      n = r;
+    }
+    if (nodes_[n].size > size) insert_free(split(n, size));
+    set_used(n, true);
+    tags_[n] = 0;
+    used_ += size;
+    ++allocations_;
+    out[i] = allocation{addr, size, n};
+  }
+  return out;
+}
+
 std::uint64_t offset_allocator::largest_free() const noexcept {
   if (fl_bitmap_ == 0) return 0;
   const unsigned fl = 63u - static_cast<unsigned>(std::countl_zero(fl_bitmap_));

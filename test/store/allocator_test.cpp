@@ -164,6 +164,51 @@ TEST_CASE("freeing coalesces with both neighbours") {
   CHECK(a.allocation_count() == 0);
 }
 
+TEST_CASE("reserve_ranges takes exactly the ranges given, skips what is not wholly free, and frees back whole") {
+  offset_allocator a(1024, 64 * 100, 64);
+  // The first range starts the managed range, the last ends it, two touch each other.
+  block_list want{{1024, 128}, {1024 + 640, 64}, {1024 + 704, 192}, {1024 + 64 * 99, 64}};
+  auto got = a.reserve_ranges(want);
+  REQUIRE(got.size() == want.size());
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    REQUIRE(got[i].valid());
+    CHECK(got[i].addr == want[i].first);
+    CHECK(got[i].size == want[i].second);
+  }
+  CHECK(a.check_invariants());
+  CHECK(a.used() == 128 + 64 + 192 + 64);
+  CHECK(a.free_blocks() == block_list{{1024 + 128, 512}, {1024 + 896, 64 * 85}});
+  // Taken, unaligned, outside, empty, overlapping the end: each skipped, the rest still taken.
+  auto more = a.reserve_ranges(block_list{{0, 64},
+                                          {1024 + 130, 64},
+                                          {1024 + 192, 0},
+                                          {1024 + 256, 64},
+                                          {1024 + 640, 64},
+                                          {1024 + 64 * 98, 128},
+                                          {1024 + 64 * 200, 64}});
+  REQUIRE(more.size() == 7);
+  CHECK_FALSE(more[0].valid());
+  CHECK_FALSE(more[1].valid());
+  CHECK_FALSE(more[2].valid());
+  CHECK(more[3].valid());
+  CHECK_FALSE(more[4].valid());
+  CHECK_FALSE(more[5].valid());
+  CHECK_FALSE(more[6].valid());
+  CHECK(a.check_invariants());
+  // Ordinary allocations go around them.
+  std::vector<allocation> rest;
+  while (auto x = a.allocate(64)) rest.push_back(*x);
+  CHECK(a.free_bytes() == 0);
+  for (const allocation& x : rest)
+    for (const auto& [addr, size] : want) CHECK((x.addr + x.size <= addr || x.addr >= addr + size));
+  for (const allocation& x : rest) a.free(x);
+  for (const allocation& x : got) a.free(x);
+  a.free(more[3]);
+  CHECK(a.check_invariants());
+  CHECK(a.free_blocks() == block_list{{1024, 6400}});
+  CHECK(a.allocation_count() == 0);
+}
+
 TEST_CASE("exhaustive: every size combination of 4 blocks freed in every order comes back whole") {
   // 4 blocks of 1..3 units in a 12-unit allocator (it fits exactly at the largest sizes), freed in
   // all 24 orders, under both carving policies.

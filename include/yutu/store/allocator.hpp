@@ -19,6 +19,8 @@
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <span>
+#include <utility>
 #include <vector>
 
 namespace yutu::store {
@@ -66,6 +68,12 @@ class offset_allocator {
   // Throws std::invalid_argument for an allocation this allocator did not hand out or already took
   // back: that is a broken invariant of the caller, not a run-time condition.
   void free(const allocation& a);
+  // Takes exactly the given ranges, (absolute address, size) sorted by address, disjoint and
+  // aligned, each wholly inside one free block: for a re-mounted segment, the ranges of its previous
+  // mounting that a reader or writer may still touch. One walk over the blocks, O(blocks + ranges).
+  // A range that is not wholly free (or not aligned, or outside the managed range) is skipped: its
+  // allocation in the result is invalid().
+  std::vector<allocation> reserve_ranges(std::span<const std::pair<std::uint64_t, std::uint64_t>> ranges);
 
   std::uint64_t base() const noexcept { return base_; }
   std::uint64_t capacity() const noexcept { return capacity_; }
@@ -132,6 +140,8 @@ class offset_allocator {
   void insert_free(std::uint32_t n) noexcept;
   void remove_free(std::uint32_t n) noexcept;
   std::uint32_t find_in_larger_bins(unsigned bin) const noexcept;
+  // Splits block n (not in a bin) at `at` bytes into it; the new upper record is returned.
+  std::uint32_t split(std::uint32_t n, std::uint64_t at);
 
   std::uint64_t base_ = 0;
   std::uint64_t capacity_ = 0;
