@@ -338,8 +338,8 @@ struct segment_entry {
   bool mounted = false;
   std::unique_ptr<offset_allocator> alloc;
   time_point last_watermark_eviction{};
-  time_point latest_deferred{};  // the latest deferred free of this mounting's replicas
   time_point usable_from{};      // quarantined until then (see master_state.hpp)
+  std::uint64_t fenced_bytes = 0;  // ranges of a previous mounting held back (see fence_ranges)
 };
 
 struct client_entry {
@@ -352,8 +352,31 @@ struct deferred_free {
   std::uint32_t segment = 0;
   std::uint32_t generation = 0;
   allocation alloc;
+  bool fence = false;  // a range of a previous mounting, held back (see fence_ranges)
   bool operator>(const deferred_free& o) const noexcept { return at > o.at; }
 };
+
+// Deferred frees, earliest first; an unmount reads them all to fence what they still hold.
+struct deferred_queue : std::priority_queue<deferred_free, std::vector<deferred_free>, std::greater<>> {
+  const std::vector<deferred_free>& items() const noexcept { return c; }
+};
+
+// A range of an unmounted segment that a reader (inside its lease) or a writer (inside
+// put_start_timeout) may still touch, and until when.
+struct fence {
+  std::uint64_t addr = 0;
+  std::uint64_t size = 0;
+  time_point until{};
+};
+
+// What an unmounted segment's next mounting must hold back, by segment name.
+struct quarantined {
+  std::vector<fence> fences;
+  time_point whole_until{};  // more fences than max_fences: the whole segment waits instead
+  time_point until{};        // when none of it matters any more
+};
+// Beyond this many ranges a segment is held back whole: bounded memory for the bookkeeping.
+constexpr std::size_t max_fences = std::size_t{1} << 20;
 
 template <class T>
 void record(master_metrics& m, master_op op, const result<T>& r) {
@@ -399,9 +422,10 @@ struct master_state::impl {
   string_map<std::vector<object_entry*>> groups;
 
   string_map<client_entry> clients;
-  std::priority_queue<deferred_free, std::vector<deferred_free>, std::greater<>> deferred;
-  // Segment names unmounted while their replicas could still be read or written: until when.
-  string_map<time_point> quarantine;
+  deferred_queue deferred;
+  // Segment names unmounted while their replicas could still be read or written: which ranges, and
+  // until when.
+  string_map<quarantined> quarantine;
   time_point next_release = time_point::max();  // the earliest usable_from of a quarantined segment
   time_point last_maintenance{};
   bool maintained_once = false;
@@ -469,10 +493,7 @@ struct master_state::impl {
       } else {
         deferred.push(deferred_free{at, r.segment, r.generation, r.alloc});
         segment_entry& s = segments[r.segment];
-        if (s.generation == r.generation) {
-          s.latest_deferred = std::max(s.latest_deferred, at);
-          if (s.mounted) s.alloc->set_tag(r.alloc, 0);  // owned by nobody until freed
-        }
+        if (s.generation == r.generation && s.mounted) s.alloc->set_tag(r.alloc, 0);  // owned by nobody until freed
       }
     }
   }
@@ -491,6 +512,8 @@ struct master_state::impl {
     while (!deferred.empty() && deferred.top().at <= now) {
       const deferred_free d = deferred.top();
       deferred.pop();
+      segment_entry& s = segments[d.segment];
+      if (d.fence && s.mounted && s.generation == d.generation) s.fenced_bytes -= d.alloc.size;
       free_now(replica_slot{d.segment, d.generation, d.alloc});
     }
   }
@@ -523,10 +546,11 @@ struct master_state::impl {
     s.mounted = true;
     s.alloc = std::move(alloc);
     s.last_watermark_eviction = time_point{};
-    s.latest_deferred = time_point{};
     s.usable_from = time_point{};
+    s.fenced_bytes = 0;
     if (auto q = quarantine.find(seg.name); q != quarantine.end()) {
-      if (q->second > now) s.usable_from = q->second;
+      if (q->second.whole_until > now) s.usable_from = q->second.whole_until;
+      fence_ranges(slot, q->second.fences, now);
       quarantine.erase(q);
     }
     segment_by_name.emplace(seg.name, slot);
@@ -537,22 +561,75 @@ struct master_state::impl {
     return ok();
   }
 
+  // Takes the ranges of a previous mounting that someone may still touch out of the freshly mounted
+  // segment `slot`, each until its own deadline: the rest of the segment takes new replicas at once.
+  // (Holding the whole segment back instead cost a single-node cluster every put for up to 30 s
+  // after a heartbeat gap, when clients held reservations there.)
+  void fence_ranges(std::uint32_t slot, std::vector<fence>& fences, time_point now) {
+    segment_entry& s = segments[slot];
+    const std::uint64_t a = s.alloc->alignment(), lo = s.alloc->base(), hi = lo + s.alloc->capacity();
+    std::vector<fence> live;
+    live.reserve(fences.size());
+    for (const fence& f : fences) {
+      if (f.until <= now || f.size == 0) continue;
+      // Outward to whole allocator units, inside the managed range (the memory may have moved).
+      std::uint64_t b = f.addr & ~(a - 1);
+      std::uint64_t e = f.addr + f.size > f.addr ? (f.addr + f.size + a - 1) & ~(a - 1) : hi;
+      b = std::max(b, lo);
+      e = std::min(e, hi);
+      if (b < e) live.push_back(fence{b, e - b, f.until});
+    }
+    std::sort(live.begin(), live.end(), [](const fence& x, const fence& y) { return x.addr < y.addr; });
+    std::vector<fence> merged;
+    for (const fence& f : live) {
+      if (!merged.empty() && f.addr < merged.back().addr + merged.back().size) {
+        fence& m_ = merged.back();
+        m_.size = std::max(m_.addr + m_.size, f.addr + f.size) - m_.addr;
+        m_.until = std::max(m_.until, f.until);
+      } else {
+        merged.push_back(f);
+      }
+    }
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
+    ranges.reserve(merged.size());
+    for (const fence& f : merged) ranges.emplace_back(f.addr, f.size);
+    const std::vector<allocation> got = s.alloc->reserve_ranges(ranges);
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      if (!got[i].valid()) continue;  // cannot happen on a fresh allocator
+      deferred.push(deferred_free{merged[i].until, slot, s.generation, got[i], true});
+      s.fenced_bytes += got[i].size;
+    }
+  }
+
   // Drops every replica in the segment, then the segment.
   void unmount_slot(std::uint32_t slot) {
     const time_point now = clock();
-    const auto drop = [slot](std::vector<replica_slot>& rs) {
+    // What a reader (inside its lease) or a writer (inside put_start_timeout) may still touch through
+    // a replica dropped here: the next mounting of this segment holds those ranges back until then.
+    // Capped: no lease outlives default_kv_lease_ttl from now, and a write older than
+    // put_start_timeout is stale.
+    const time_point cap = now + std::max(cfg.default_kv_lease_ttl, cfg.put_start_timeout);
+    quarantined q;
+    const auto hold = [&](const allocation& al, time_point t) {
+      t = std::min(t, cap);
+      if (t <= now) return;
+      q.until = std::max(q.until, t);
+      if (q.fences.size() < max_fences) {
+        q.fences.push_back(fence{al.addr, al.size, t});
+      } else {
+        q.whole_until = q.until;
+      }
+    };
+    const auto drop = [slot, &hold](std::vector<replica_slot>& rs, time_point t) {
+      for (const replica_slot& r : rs)
+        if (r.segment == slot) hold(r.alloc, t);
       return std::erase_if(rs, [slot](const replica_slot& r) { return r.segment == slot; }) > 0;
     };
-    // Until when a reader (inside its lease) or a writer (inside put_start_timeout) may still touch
-    // this memory through a replica dropped here; a re-mount of the segment waits for it. Capped: no
-    // lease outlives default_kv_lease_ttl from now, and a write older than put_start_timeout is stale.
-    time_point until = segments[slot].latest_deferred;
-    const auto touched_until = [&until](time_point t) { until = std::max(until, t); };
     for (object_entry* op : objects.entries()) {
       object_entry& o = *op;
-      if (drop(o.cur.replicas)) touched_until(o.complete ? o.lease_until : o.cur.started + cfg.put_start_timeout);
+      drop(o.cur.replicas, o.complete ? o.lease_until : o.cur.started + cfg.put_start_timeout);
       if (o.pending) {
-        if (drop(o.pending->replicas)) touched_until(o.pending->started + cfg.put_start_timeout);
+        drop(o.pending->replicas, o.pending->started + cfg.put_start_timeout);
         if (o.pending->replicas.empty()) {
           o.pending.reset();
           unlink_flight(o);
@@ -566,10 +643,20 @@ struct master_state::impl {
       }
     }
     segment_entry& s = segments[slot];
-    until = std::min(until, now + std::max(cfg.default_kv_lease_ttl, cfg.put_start_timeout));
-    if (until > now) {
-      time_point& q = quarantine[s.info.name];
-      q = std::max(q, until);
+    // Memory of this mounting whose free waits (a lease, a discarded write, or a fence of the
+    // mounting before): the same holds for it.
+    for (const deferred_free& d : deferred.items())
+      if (d.segment == slot && d.generation == s.generation) hold(d.alloc, d.at);
+    if (q.whole_until > now) q.fences.clear();
+    if (q.until > now) {
+      quarantined& e = quarantine[s.info.name];
+      e.until = std::max(e.until, q.until);
+      e.whole_until = std::max(e.whole_until, q.whole_until);
+      if (e.whole_until > now) {
+        e.fences.clear();
+      } else {
+        e.fences.insert(e.fences.end(), q.fences.begin(), q.fences.end());
+      }
     }
     segment_by_name.erase(s.info.name);
     if (auto c = clients.find(s.owner); c != clients.end()) std::erase(c->second.segments, slot);
@@ -578,6 +665,7 @@ struct master_state::impl {
     s.alloc.reset();
     s.owner.clear();
     s.usable_from = time_point{};
+    s.fenced_bytes = 0;
     free_slots.push_back(slot);
     rebuild_targets(now);
   }
@@ -626,7 +714,7 @@ struct master_state::impl {
       }
     }
     run_deferred(now);
-    std::erase_if(quarantine, [now](const auto& q) { return q.second <= now; });
+    std::erase_if(quarantine, [now](const auto& q) { return q.second.until <= now; });
   }
 
   ping_result ping(const client_id& client, time_point now) {
@@ -1169,7 +1257,10 @@ struct master_state::impl {
     r.key_count = objects.size();
     r.segment_count = targets.size();
     const time_point now = clock();
-    for (const segment_entry& s : segments) r.quarantined_segments += s.mounted && s.usable_from > now ? 1 : 0;
+    for (const segment_entry& s : segments) {
+      r.quarantined_segments += s.mounted && s.usable_from > now ? 1 : 0;
+      if (s.mounted) r.fenced_bytes += s.fenced_bytes;
+    }
     r.active_clients = clients.size();
     return r;
   }
@@ -1451,6 +1542,9 @@ std::string master_state::metrics_text() const {
   metric("master_quarantined_segments", "gauge",
          "Segments mounted again while old leases or writes may still touch them; no new replicas yet",
          m.quarantined_segments);
+  metric("master_fenced_bytes", "gauge",
+         "Bytes of re-mounted segments held back while old leases or writes may still touch them",
+         m.fenced_bytes);
   metric("master_active_clients", "gauge", "Number of live clients", m.active_clients);
   for (std::size_t i = 0; i < master_op_count; ++i) {
     const auto op = to_string(static_cast<master_op>(i));
@@ -1506,7 +1600,8 @@ std::string master_state::segments_json() const {
                     {"largest_free", st.largest_free},
                     {"fragmentation", st.fragmentation},
                     {"allocations", st.allocations},
-                    {"quarantine_ms_left", quarantine_ms}});
+                    {"quarantine_ms_left", quarantine_ms},
+                    {"fenced_bytes", s.fenced_bytes}});
   }
   nlohmann::json j{{"segments", std::move(segs)}, {"total_capacity", cap}, {"allocated", used}};
   return j.dump();

@@ -290,8 +290,8 @@ task<result<void>> put_on_engine(client& c, std::string key, std::span<const std
 
 TEST_CASE("deferred commits while the master is frozen: flush reports typed errors by the RPC deadline") {
   if (!have_binaries()) return;
-  // A TTL the freeze stays under: an expired node's segment, mounted again, would take no replica
-  // for put_start_timeout (30 s), since this client's reservations there are puts in flight.
+  // A TTL the freeze stays under: this is about commits, not about expiry (the test after the
+  // next covers a node expired while a client held reservations on it).
   cluster cl(1, 64 * mib, /*client_ttl_s=*/10);
   client_config cc;
   cc.master = cl.master;
@@ -367,8 +367,8 @@ TEST_CASE("a node frozen past the client TTL is expired, then re-mounts; SIGTERM
   CHECK(yutu::sync_wait(m->get_replica_list("two")).value().replicas.size() == 2);
 
   cl.nodes[1]->signal(SIGCONT);
-  // Its next heartbeat is told to re-mount: once the leases taken on "three" while its replica was
-  // there have ended (1.5 s; the segment is quarantined until then), new objects get three replicas.
+  // Its next heartbeat is told to re-mount, and new objects get three replicas again (not where the
+  // leases taken on "three" while its replica was there may still read: that range is held back).
   bool back = false;
   for (int i = 0; i < 200 && !back; ++i) {
     std::this_thread::sleep_for(50ms);
@@ -385,6 +385,52 @@ TEST_CASE("a node frozen past the client TTL is expired, then re-mounts; SIGTERM
   CHECK(cl.nodes[2]->exited_cleanly());
   CHECK(yutu::sync_wait(m->get_replica_list("three")).value().replicas.size() == 1);  // node 0's
   CHECK(r.block_on(c->get("three")).value() == value_of(1, 4096));
+}
+
+TEST_CASE("a lone node expired while a client held reservations on it takes puts again once it re-mounts") {
+  if (!have_binaries()) return;
+  // The client's reservations are puts in flight on the node: their ranges are held back after the
+  // re-mount, the rest of the node is not (before, the whole node took no replica for 30 s).
+  cluster cl(1, 16 * mib, /*client_ttl_s=*/1);
+  client_config cc;
+  cc.master = cl.master;
+  cc.metadata = cl.metadata;
+  cc.transports = {"tcp"};
+  cc.engine_threads = 1;
+  cc.transfer_deadline = 3s;
+  cc.rpc_timeout = 3s;
+  cc.put_reservation_bytes = 1 * mib;  // 16 reservations of 64 KiB
+  auto cr = client::create(cc);
+  REQUIRE(cr);
+  auto& c = **cr;
+  REQUIRE(yutu::sync_wait(put_on_engine(c, "a", value_of(0, 64 * kib))));  // and 16 reservations
+  REQUIRE(yutu::sync_wait(put_on_engine(c, "b", value_of(0, 64 * kib))));
+  CHECK(c.stats().reserved_puts == 1);  // "b", into one of them
+
+  cl.nodes[0]->signal(SIGSTOP);
+  std::this_thread::sleep_for(2500ms);  // expired after 1 s of silence
+  cl.nodes[0]->signal(SIGCONT);
+  const auto thawed = std::chrono::steady_clock::now();
+  std::size_t streak = 0, i = 0;
+  std::vector<std::size_t> stored;
+  while (streak < 10 && std::chrono::steady_clock::now() - thawed < 20s) {
+    const std::size_t k = ++i;
+    auto p = yutu::sync_wait(put_on_engine(c, "k" + std::to_string(k), value_of(k, 64 * kib)));
+    if (p) {
+      stored.push_back(k);
+      ++streak;
+    } else {
+      streak = 0;
+      std::this_thread::sleep_for(100ms);
+    }
+  }
+  const auto took = std::chrono::steady_clock::now() - thawed;
+  MESSAGE("puts succeed again " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+                                << " ms after the thaw, " << i << " tries");
+  REQUIRE(streak == 10);
+  CHECK(took < 10s);  // the node's heartbeat and re-mount; put_start_timeout (30 s) is far off
+  for (std::size_t k : stored) CHECK(yutu::sync_wait(c.get("k" + std::to_string(k))).value() == value_of(k, 64 * kib));
+  REQUIRE(yutu::sync_wait(c.close()));
 }
 
 TEST_CASE("yutu-node --protocol rdma without a usable NIC exits 1 at once instead of serving nothing") {

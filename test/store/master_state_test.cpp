@@ -811,7 +811,10 @@ TEST_CASE("silent clients expire and lose their segments; an unknown client is t
   CHECK(m.metrics().active_clients == 2);
 }
 
-TEST_CASE("a segment re-mounted while readers may still read its old replicas is not written before their leases end") {
+// Whether [a, a + n) and [b, b + m) share a byte.
+bool overlaps(std::uint64_t a, std::uint64_t n, std::uint64_t b, std::uint64_t m) { return a < b + m && b < a + n; }
+
+TEST_CASE("a segment re-mounted while readers may still read its old replicas takes new ones, but not where they read") {
   master_config cfg = fixture::base_config();
   cfg.client_ttl = 2s;
   cfg.default_kv_lease_ttl = 10s;
@@ -837,24 +840,62 @@ TEST_CASE("a segment re-mounted while readers may still read its old replicas is
   CHECK(m.metrics().expired_clients == 1);
   CHECK(m.ping_sync("c1")->need_remount);
   REQUIRE(m.mount_segment_sync("c1", seg("s1", "h1", mib, 16 * mib)).has_value());
-  // Until the lease ends, nothing is placed in s1: the reader may still be reading there.
-  CHECK(m.metrics().quarantined_segments == 1);
-  for (int i = 0; i < 64; ++i) {
-    auto p = m.put_start_sync("c2", "new" + std::to_string(i), 4000, replicas(2));
+  // s1 takes new replicas at once, but none where the reader may still be reading: only that
+  // object's range is held back ("idle" had no lease, so its range is free again).
+  CHECK(m.metrics().quarantined_segments == 0);
+  CHECK(m.metrics().fenced_bytes == 4032);
+  std::size_t in_s1 = 0;
+  for (int i = 0; i < 600; ++i) {  // s1 holds about 260: it fills up, and eviction runs
+    auto p = m.put_start_sync("c2", "new" + std::to_string(i), 4000, both);
     REQUIRE(p.has_value());
-    for (auto& r : *p) CHECK(r.segment != "s1");
+    for (auto& r : *p) {
+      if (r.segment != "s1") continue;
+      ++in_s1;
+      CHECK_FALSE(overlaps(r.addr, r.size, leased_addr, 4000));
+    }
     REQUIRE(m.put_end_sync("c2", "new" + std::to_string(i)).has_value());
   }
-  // After it, s1 takes writes again.
-  f.clock.advance(8s);
+  CHECK(in_s1 == 600);
+  CHECK(m.metrics().fenced_bytes == 4032);
+  // Expired and re-mounted again inside the lease: the range is still held back.
+  for (int i = 0; i < 3; ++i) {
+    f.clock.advance(1s);
+    REQUIRE(m.ping_sync("c2").has_value());
+  }
+  CHECK(m.metrics().expired_clients == 2);
+  CHECK(m.ping_sync("c1")->need_remount);
+  REQUIRE(m.mount_segment_sync("c1", seg("s1", "h1", mib, 16 * mib)).has_value());
+  CHECK(m.metrics().fenced_bytes == 4032);
+  for (int i = 0; i < 300; ++i) {
+    const std::string k = "newer" + std::to_string(i);
+    auto p = m.put_start_sync("c2", k, 4000, both);
+    REQUIRE(p.has_value());
+    for (auto& r : *p)
+      if (r.segment == "s1") CHECK_FALSE(overlaps(r.addr, r.size, leased_addr, 4000));
+    REQUIRE(m.put_end_sync("c2", k).has_value());
+  }
+  // After the lease (taken at 0 s, now 6 s), the range is the segment's again.
+  for (int i = 0; i < 3; ++i) {
+    f.clock.advance(1s);
+    REQUIRE(m.ping_sync("c1").has_value());
+    REQUIRE(m.ping_sync("c2").has_value());
+  }
+  CHECK(m.metrics().fenced_bytes == 4032);  // 9 s
+  f.clock.advance(1100ms);
   REQUIRE(m.ping_sync("c1").has_value());
   REQUIRE(m.ping_sync("c2").has_value());
-  CHECK(m.metrics().quarantined_segments == 0);
-  auto p = m.put_start_sync("c2", "after", 4000, replicas(2));
-  REQUIRE(p.has_value());
-  CHECK(p->size() == 2);
+  CHECK(m.metrics().fenced_bytes == 0);
+  bool reused = false;
+  for (int i = 0; i < 600 && !reused; ++i) {
+    const std::string k = "after" + std::to_string(i);
+    auto p = m.put_start_sync("c2", k, 4000, both);
+    REQUIRE(p.has_value());
+    for (auto& r : *p) reused = reused || (r.segment == "s1" && overlaps(r.addr, r.size, leased_addr, 4000));
+    REQUIRE(m.put_end_sync("c2", k).has_value());
+  }
+  CHECK(reused);
 
-  // Without a lease or a write in flight there, a re-mount is usable at once.
+  // Without a lease or a write in flight there, nothing is held back.
   fixture g(cfg);
   REQUIRE(g.m->mount_segment_sync("c1", seg("s1", "h1", mib, 16 * mib)).has_value());
   REQUIRE(g.m->mount_segment_sync("c2", seg("s2", "h2", mib, 64 * mib)).has_value());
@@ -865,33 +906,55 @@ TEST_CASE("a segment re-mounted while readers may still read its old replicas is
   }
   REQUIRE(g.m->mount_segment_sync("c1", seg("s1", "h1", mib, 16 * mib)).has_value());
   CHECK(g.m->metrics().quarantined_segments == 0);
+  CHECK(g.m->metrics().fenced_bytes == 0);
   CHECK(g.m->metrics().segment_count == 2);
 }
 
-TEST_CASE("a segment re-mounted while a write into its old replicas may be in flight waits for put_start_timeout") {
+TEST_CASE("a segment re-mounted while writes into its old replicas may be in flight holds their ranges back for put_start_timeout") {
   master_config cfg = fixture::base_config();
   cfg.client_ttl = 2s;
   cfg.put_start_timeout = 5s;
   fixture f(cfg);
   auto& m = *f.m;
+  // A single node: before the fences, every put failed until the quarantine ended.
   REQUIRE(m.mount_segment_sync("c1", seg("s1", "h1", mib, 16 * mib)).has_value());
-  REQUIRE(m.mount_segment_sync("c2", seg("s2", "h2", mib, 64 * mib)).has_value());
-  REQUIRE(m.put_start_sync("c2", "writing", 4000, replicas(2)).has_value());  // never ended
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> writing;  // what c2 may still be writing
+  for (int i = 0; i < 8; ++i) {
+    auto p = m.put_start_sync("c2", "writing" + std::to_string(i), 64 * 1024, replicas(1));  // never ended
+    REQUIRE(p.has_value());
+    REQUIRE(p->size() == 1);
+    writing.emplace_back((*p)[0].addr, (*p)[0].size);
+  }
   for (int i = 0; i < 3; ++i) {
     f.clock.advance(1s);
     REQUIRE(m.ping_sync("c2").has_value());
   }
+  CHECK(m.metrics().expired_clients == 1);
   REQUIRE(m.mount_segment_sync("c1", seg("s1", "h1", mib, 16 * mib)).has_value());
-  CHECK(m.metrics().quarantined_segments == 1);
+  CHECK(m.metrics().quarantined_segments == 0);
+  CHECK(m.metrics().segment_count == 1);
+  CHECK(m.metrics().fenced_bytes == 8 * 64 * 1024);
+  const auto check_puts = [&](const std::string& prefix, int n) {
+    for (int i = 0; i < n; ++i) {
+      const std::string k = prefix + std::to_string(i);
+      auto p = m.put_start_sync("c2", k, 4000, replicas(1));
+      REQUIRE(p.has_value());
+      for (auto& r : *p)
+        for (auto& [a, sz] : writing) CHECK_FALSE(overlaps(r.addr, r.size, a, sz));
+      REQUIRE(m.put_end_sync("c2", k).has_value());
+    }
+  };
+  check_puts("now", 400);  // more than fit: eviction runs, and the fences stay
   f.clock.advance(1s);
   REQUIRE(m.ping_sync("c1").has_value());
   REQUIRE(m.ping_sync("c2").has_value());
-  CHECK(m.metrics().quarantined_segments == 1);  // 4 s after the put started
-  f.clock.advance(1100ms);                       // 5.1 s
+  CHECK(m.metrics().fenced_bytes == 8 * 64 * 1024);  // 4 s after the puts started
+  check_puts("later", 100);
+  f.clock.advance(1100ms);  // 5.1 s
   REQUIRE(m.ping_sync("c1").has_value());
   REQUIRE(m.ping_sync("c2").has_value());
-  CHECK(m.metrics().quarantined_segments == 0);
-  CHECK(m.metrics().segment_count == 2);
+  CHECK(m.metrics().fenced_bytes == 0);
+  CHECK(m.metrics().segment_count == 1);
 }
 
 TEST_CASE("a master stall is not charged to the clients") {

@@ -18,10 +18,11 @@
 //    clients for the silence it caused itself (#1753, #3937): their heartbeats are moved forward by
 //    the stall.
 //  - A segment unmounted (or its client expired) while a reader held a lease on a replica there, or a
-//    write into it may still be in flight, is quarantined by name: mounted again (a re-mount after
-//    NEED_REMOUNT), it takes no new replica until the last such lease has ended and every such write
-//    is older than put_start_timeout. Otherwise a new object could be written where a reader, inside
-//    its lease, is still reading the old one, and the reader would get another object's bytes.
+//    write into it may still be in flight, is fenced by name: mounted again (a re-mount after
+//    NEED_REMOUNT), it takes new replicas at once, but not in those ranges, each held back until its
+//    lease has ended or its write is older than put_start_timeout. Otherwise a new object could be
+//    written where a reader, inside its lease, is still reading the old one, and the reader would
+//    get another object's bytes. (With more than a million such ranges the whole segment waits.)
 //  - Eviction is exact LRU over complete objects (last access = put_end or lease grant), skips
 //    leased, in-flight and hard-pinned objects, takes soft-pinned ones only after all others, and
 //    evicts a group only whole. It runs when a placement fails (then the placement is retried once)
@@ -135,6 +136,7 @@ struct master_metrics {
   std::uint64_t key_count = 0;
   std::uint64_t segment_count = 0;  // mounted and taking new replicas
   std::uint64_t quarantined_segments = 0;  // mounted again, not yet taking new replicas (see below)
+  std::uint64_t fenced_bytes = 0;  // of mounted segments, held back for an earlier mounting's readers and writers
   std::uint64_t active_clients = 0;
 
   std::uint64_t requests_of(master_op op) const noexcept { return requests[static_cast<std::size_t>(op)]; }
