@@ -64,9 +64,13 @@ class frame_reader {
   task<result<void>> read_payload(std::byte* dest, std::uint64_t n);
 
  private:
+  // Headers taken from the buffer in a row, without waiting for the socket (see read_header).
+  static constexpr unsigned max_buffered_run = 64;
+
   io::tcp_stream* s_;
   std::array<std::byte, 4096> buf_;
   std::size_t pos_ = 0, end_ = 0;
+  unsigned buffered_run_ = 0;
 };
 
 class client_conn : public std::enable_shared_from_this<client_conn> {
