@@ -565,7 +565,7 @@ struct master_state::impl {
   // segment `slot`, each until its own deadline: the rest of the segment takes new replicas at once.
   // (Holding the whole segment back instead cost a single-node cluster every put for up to 30 s
   // after a heartbeat gap, when clients held reservations there.)
-  void fence_ranges(std::uint32_t slot, std::vector<fence>& fences, time_point now) {
+  void fence_ranges(std::uint32_t slot, const std::vector<fence>& fences, time_point now) {
     segment_entry& s = segments[slot];
     const std::uint64_t a = s.alloc->alignment(), lo = s.alloc->base(), hi = lo + s.alloc->capacity();
     std::vector<fence> live;
@@ -648,16 +648,8 @@ struct master_state::impl {
     for (const deferred_free& d : deferred.items())
       if (d.segment == slot && d.generation == s.generation) hold(d.alloc, d.at);
     if (q.whole_until > now) q.fences.clear();
-    if (q.until > now) {
-      quarantined& e = quarantine[s.info.name];
-      e.until = std::max(e.until, q.until);
-      e.whole_until = std::max(e.whole_until, q.whole_until);
-      if (e.whole_until > now) {
-        e.fences.clear();
-      } else {
-        e.fences.insert(e.fences.end(), q.fences.begin(), q.fences.end());
-      }
-    }
+    // No entry of this name exists: the mount took (and erased) the last one.
+    if (q.until > now) quarantine[s.info.name] = std::move(q);
     segment_by_name.erase(s.info.name);
     if (auto c = clients.find(s.owner); c != clients.end()) std::erase(c->second.segments, slot);
     s.mounted = false;

@@ -288,19 +288,25 @@ task<result<void>> put_on_engine(client& c, std::string key, std::span<const std
   co_return co_await c.put(std::move(key), v);
 }
 
-TEST_CASE("deferred commits while the master is frozen: flush reports typed errors by the RPC deadline") {
-  if (!have_binaries()) return;
-  // A TTL the freeze stays under: this is about commits, not about expiry (the test after the
-  // next covers a node expired while a client held reservations on it).
-  cluster cl(1, 64 * mib, /*client_ttl_s=*/10);
+// A client of `cl` over tcp, one engine thread, keeping 16 reservations of 64 KiB.
+client_config reserving_client(const cluster& cl, std::chrono::milliseconds rpc_timeout) {
   client_config cc;
   cc.master = cl.master;
   cc.metadata = cl.metadata;
   cc.transports = {"tcp"};
   cc.engine_threads = 1;
   cc.transfer_deadline = 3s;
-  cc.rpc_timeout = 1s;
-  cc.put_reservation_bytes = 1 * mib;  // 16 reservations of 64 KiB
+  cc.rpc_timeout = rpc_timeout;
+  cc.put_reservation_bytes = 1 * mib;
+  return cc;
+}
+
+TEST_CASE("deferred commits while the master is frozen: flush reports typed errors by the RPC deadline") {
+  if (!have_binaries()) return;
+  // A TTL the freeze stays under: this is about commits, not about expiry (the test after the
+  // next covers a node expired while a client held reservations on it).
+  cluster cl(1, 64 * mib, /*client_ttl_s=*/10);
+  client_config cc = reserving_client(cl, 1s);
   cc.defer_put_commit = true;
   auto cr = client::create(cc);
   REQUIRE(cr);
@@ -392,15 +398,7 @@ TEST_CASE("a lone node expired while a client held reservations on it takes puts
   // The client's reservations are puts in flight on the node: their ranges are held back after the
   // re-mount, the rest of the node is not (before, the whole node took no replica for 30 s).
   cluster cl(1, 16 * mib, /*client_ttl_s=*/1);
-  client_config cc;
-  cc.master = cl.master;
-  cc.metadata = cl.metadata;
-  cc.transports = {"tcp"};
-  cc.engine_threads = 1;
-  cc.transfer_deadline = 3s;
-  cc.rpc_timeout = 3s;
-  cc.put_reservation_bytes = 1 * mib;  // 16 reservations of 64 KiB
-  auto cr = client::create(cc);
+  auto cr = client::create(reserving_client(cl, 3s));
   REQUIRE(cr);
   auto& c = **cr;
   REQUIRE(yutu::sync_wait(put_on_engine(c, "a", value_of(0, 64 * kib))));  // and 16 reservations

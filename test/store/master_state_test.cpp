@@ -811,6 +811,14 @@ TEST_CASE("silent clients expire and lose their segments; an unknown client is t
   CHECK(m.metrics().active_clients == 2);
 }
 
+// `seconds` pass, a second at a time, in which only c2's heartbeats arrive (c1 expires past its TTL).
+void only_c2_heard(fixture& f, int seconds) {
+  for (int i = 0; i < seconds; ++i) {
+    f.clock.advance(1s);
+    REQUIRE(f.m->ping_sync("c2").has_value());
+  }
+}
+
 // Whether [a, a + n) and [b, b + m) share a byte.
 bool overlaps(std::uint64_t a, std::uint64_t n, std::uint64_t b, std::uint64_t m) { return a < b + m && b < a + n; }
 
@@ -833,10 +841,7 @@ TEST_CASE("a segment re-mounted while readers may still read its old replicas ta
     if (r.segment == "s1") leased_addr = r.addr;
   REQUIRE(leased_addr != 0);
   // c1 falls silent and is expired; its next heartbeat re-mounts the same memory.
-  for (int i = 0; i < 3; ++i) {
-    f.clock.advance(1s);
-    REQUIRE(m.ping_sync("c2").has_value());
-  }
+  only_c2_heard(f, 3);
   CHECK(m.metrics().expired_clients == 1);
   CHECK(m.ping_sync("c1")->need_remount);
   REQUIRE(m.mount_segment_sync("c1", seg("s1", "h1", mib, 16 * mib)).has_value());
@@ -858,10 +863,7 @@ TEST_CASE("a segment re-mounted while readers may still read its old replicas ta
   CHECK(in_s1 == 600);
   CHECK(m.metrics().fenced_bytes == 4032);
   // Expired and re-mounted again inside the lease: the range is still held back.
-  for (int i = 0; i < 3; ++i) {
-    f.clock.advance(1s);
-    REQUIRE(m.ping_sync("c2").has_value());
-  }
+  only_c2_heard(f, 3);
   CHECK(m.metrics().expired_clients == 2);
   CHECK(m.ping_sync("c1")->need_remount);
   REQUIRE(m.mount_segment_sync("c1", seg("s1", "h1", mib, 16 * mib)).has_value());
@@ -900,10 +902,7 @@ TEST_CASE("a segment re-mounted while readers may still read its old replicas ta
   REQUIRE(g.m->mount_segment_sync("c1", seg("s1", "h1", mib, 16 * mib)).has_value());
   REQUIRE(g.m->mount_segment_sync("c2", seg("s2", "h2", mib, 64 * mib)).has_value());
   g.put("idle", 4000, both, "c2");
-  for (int i = 0; i < 3; ++i) {
-    g.clock.advance(1s);
-    REQUIRE(g.m->ping_sync("c2").has_value());
-  }
+  only_c2_heard(g, 3);
   REQUIRE(g.m->mount_segment_sync("c1", seg("s1", "h1", mib, 16 * mib)).has_value());
   CHECK(g.m->metrics().quarantined_segments == 0);
   CHECK(g.m->metrics().fenced_bytes == 0);
@@ -925,10 +924,7 @@ TEST_CASE("a segment re-mounted while writes into its old replicas may be in fli
     REQUIRE(p->size() == 1);
     writing.emplace_back((*p)[0].addr, (*p)[0].size);
   }
-  for (int i = 0; i < 3; ++i) {
-    f.clock.advance(1s);
-    REQUIRE(m.ping_sync("c2").has_value());
-  }
+  only_c2_heard(f, 3);
   CHECK(m.metrics().expired_clients == 1);
   REQUIRE(m.mount_segment_sync("c1", seg("s1", "h1", mib, 16 * mib)).has_value());
   CHECK(m.metrics().quarantined_segments == 0);
