@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -366,8 +367,28 @@ class etcd_process {
   address client_address() const { return address::ipv4_loopback(client_port_); }
   std::string endpoint() const { return "127.0.0.1:" + std::to_string(client_port_); }
   bool alive() const { return ::waitpid(pid_, nullptr, WNOHANG) == 0; }
-  // SIGSTOP / SIGCONT: a server that accepts (the kernel does) but never answers.
-  void freeze(bool on) const { ::kill(pid_, on ? SIGSTOP : SIGCONT); }
+  // SIGSTOP / SIGCONT: a server that accepts (the kernel does) but never answers. A stop takes
+  // effect in each thread when it next runs, so it waits until every thread of etcd is stopped:
+  // on a loaded machine, a request sent right after kill() was once answered (CI, 2026-12-07).
+  void freeze(bool on) const {
+    ::kill(pid_, on ? SIGSTOP : SIGCONT);
+    if (!on) return;
+    const auto t0 = steady::now();
+    while (!all_stopped() && steady::now() - t0 < 5s) ::usleep(1000);
+  }
+  bool all_stopped() const {
+    std::error_code ec;
+    for (const auto& t : std::filesystem::directory_iterator("/proc/" + std::to_string(pid_) + "/task", ec)) {
+      std::ifstream in(t.path() / "stat");
+      std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      // The state follows the command name, which is in parentheses and may contain spaces.
+      const auto close = stat.rfind(')');
+      if (close == std::string::npos || close + 2 >= stat.size()) return false;
+      const char state = stat[close + 2];
+      if (state != 'T' && state != 't') return false;
+    }
+    return !ec;
+  }
   std::string log() const {
     std::ifstream in(dir_ + "/etcd.log");
     std::stringstream ss;
