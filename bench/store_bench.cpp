@@ -679,9 +679,11 @@ int main(int argc, char** argv) {
       }
     if (o.put_reservation) {
       const auto cs = (*c)->stats();
-      std::printf("    %s: %llu of %llu puts committed into a reservation, %llu reservations refused at commit\n",
+      std::printf("    %s: %llu of %llu puts committed into a reservation, %llu reservations refused at commit, "
+                  "%llu puts waited for a refill\n",
                   transport.c_str(), static_cast<unsigned long long>(cs.reserved_puts),
-                  static_cast<unsigned long long>(cs.puts), static_cast<unsigned long long>(cs.reservation_fallbacks));
+                  static_cast<unsigned long long>(cs.puts), static_cast<unsigned long long>(cs.reservation_fallbacks),
+                  static_cast<unsigned long long>(cs.reservation_waits));
     }
     (void)(*c)->unregister_buffer(buf.get());
     c->reset();

@@ -29,6 +29,7 @@
 #include "yutu/io/op.hpp"
 #include "yutu/io/reactor_pool.hpp"
 #include "yutu/log.hpp"
+#include "yutu/scratch.hpp"
 #include "yutu/store/allocator.hpp"
 #include "yutu/store/rpc_client.hpp"
 #include "yutu/transfer/metadata.hpp"
@@ -66,15 +67,17 @@ struct io_part {
 };
 
 // The local memory of a batch of objects: object i is parts[begin[i], begin[i+1]), in order.
+// Its arrays are scratch vectors: building one per call allocates nothing in steady state.
 struct object_set {
-  std::vector<io_part> parts;
-  std::vector<std::size_t> begin{0};
+  scratch_vec<io_part> parts;
+  scratch_vec<std::size_t> begin;
 
-  void add(const void* p, std::uint64_t n) { parts.push_back({static_cast<std::byte*>(const_cast<void*>(p)), n}); }
-  void next() { begin.push_back(parts.size()); }
-  std::size_t size() const noexcept { return begin.size() - 1; }
+  object_set() { begin->push_back(0); }
+  void add(const void* p, std::uint64_t n) { parts->push_back({static_cast<std::byte*>(const_cast<void*>(p)), n}); }
+  void next() { begin->push_back(parts->size()); }
+  std::size_t size() const noexcept { return begin->size() - 1; }
   std::span<const io_part> of(std::size_t i) const noexcept {
-    return std::span(parts).subspan(begin[i], begin[i + 1] - begin[i]);
+    return std::span(*parts).subspan((*begin)[i], (*begin)[i + 1] - (*begin)[i]);
   }
   std::uint64_t bytes(std::size_t i) const noexcept {
     std::uint64_t s = 0;
@@ -275,7 +278,7 @@ struct client::impl {
   struct counters {
     std::atomic<std::uint64_t> puts{0}, put_failures{0}, put_bytes{0}, gets{0}, get_failures{0}, get_bytes{0},
         failovers{0}, revokes{0}, remounts{0}, heartbeat_failures{0}, cache_hits{0}, reserved_puts{0},
-        reservation_fallbacks{0}, deferred_failures{0};
+        reservation_fallbacks{0}, deferred_failures{0}, reservation_waits{0};
   } c;
 
   // The replica cache (client_config::replica_cache_max_age): one map per engine thread, touched only
@@ -441,6 +444,7 @@ struct client::impl {
     if (ti == npos || reserves.empty()) co_return false;
     reserve_pool* pl = find_pool(*reserves[ti], size);
     if (pl && pl->refilling) {
+      c.reservation_waits.fetch_add(1, std::memory_order_relaxed);
       coro::async_event ev;
       pl->refill_waiters.push_back(&ev);
       // A refilling pool is not dropped; a cancelled wait takes its entry out before `ev` goes.
@@ -525,9 +529,9 @@ struct client::impl {
 
   // Queues the commit of a written reservation on this engine thread (ti), and starts the thread's
   // committer when none is running.
-  void defer_commit(std::size_t ti, std::string key, reservation r, std::uint64_t size) {
+  void defer_commit(std::size_t ti, const std::string& key, reservation&& r, std::uint64_t size) {
     reserve_state& st = *reserves[ti];
-    st.pending.push_back(pending_commit{std::move(key), std::move(r), size});
+    st.pending.push_back(pending_commit{key, std::move(r), size});
     st.enqueued.fetch_add(1, std::memory_order_release);
     if (st.committing) return;
     st.committing = true;
@@ -558,12 +562,12 @@ struct client::impl {
       co_await hop_to{home, {}};
       std::vector<std::string> stale;
       std::vector<deferred_failure> lost;
+      std::uint64_t landed = 0, landed_bytes = 0;
       for (std::size_t k = 0; k < batch.size(); ++k) {
         pending_commit& pc = batch[k];
         if (k < rs.size() && rs[k]) {
-          c.puts.fetch_add(1, std::memory_order_relaxed);
-          c.put_bytes.fetch_add(pc.size, std::memory_order_relaxed);
-          c.reserved_puts.fetch_add(1, std::memory_order_relaxed);
+          ++landed;
+          landed_bytes += pc.size;
           continue;
         }
         const std::error_code ec = k < rs.size() ? rs[k].error() : make_error_code(errc::internal_error);
@@ -580,6 +584,11 @@ struct client::impl {
         if (reservation_gone(ec))
           if (reserve_pool* pl = find_pool(st, pc.size)) pl->drain_all(stale);
         stale.push_back(std::move(pc.r.placeholder));
+      }
+      if (landed) {
+        c.puts.fetch_add(landed, std::memory_order_relaxed);
+        c.put_bytes.fetch_add(landed_bytes, std::memory_order_relaxed);
+        c.reserved_puts.fetch_add(landed, std::memory_order_relaxed);
       }
       if (!lost.empty()) {
         std::lock_guard lock(failed_mu);
@@ -825,8 +834,10 @@ struct client::impl {
   // reservation (the keys a commit refused, put again).
   task<void> put_objects(std::span<const std::string> keys, const object_set& objs, replicate_config cfg_,
                          bool upsert, std::vector<result<void>>& out, bool may_reserve = true) {
+    // The working arrays are scratch vectors (yutu/scratch.hpp): no allocation per put for them.
     const std::size_t n = keys.size();
-    std::vector<std::size_t> todo;
+    scratch_vec<std::size_t> todo_v;
+    std::vector<std::size_t>& todo = *todo_v;
     for (std::size_t i = 0; i < n; ++i)
       if (out[i]) todo.push_back(i);
     if (todo.empty()) co_return;
@@ -839,7 +850,8 @@ struct client::impl {
     const std::span<const std::string> tkeys = all ? keys : std::span<const std::string>(sel_keys);
     const object_set& tobjs = all ? objs : sel_objs;
     // Reservations for every key of the batch (one size, the default replication), or for none.
-    std::vector<reservation> resv;
+    scratch_vec<reservation> resv_v;
+    std::vector<reservation>& resv = *resv_v;
     std::size_t resv_thread = npos;
     const std::uint64_t resv_size = tobjs.bytes(0);
     if (may_reserve && !upsert && !reserves.empty() && cfg_ == cfg.replica_defaults) {
@@ -856,9 +868,14 @@ struct client::impl {
     std::vector<result<std::vector<replica_desc>>> starts;
     if (!reserved) starts = co_await start_puts(tkeys, tobjs, std::move(cfg_), upsert);
 
-    std::vector<transfer_request> reqs;
-    std::vector<std::size_t> rbegin(todo.size() + 1, 0);
-    std::vector<result<void>> tout(todo.size(), ok());
+    scratch_vec<transfer_request> reqs_v;
+    scratch_vec<std::size_t> rbegin_v;
+    scratch_vec<result<void>> tout_v;
+    std::vector<transfer_request>& reqs = *reqs_v;
+    std::vector<std::size_t>& rbegin = *rbegin_v;
+    std::vector<result<void>>& tout = *tout_v;
+    rbegin.assign(todo.size() + 1, 0);
+    tout.assign(todo.size(), ok());
     for (std::size_t t = 0; t < todo.size(); ++t) {
       rbegin[t] = reqs.size();
       if (!reserved && !starts[t]) {
@@ -887,16 +904,16 @@ struct client::impl {
     transfer::batch_result res;
     if (!reqs.empty()) res = co_await eng->transfer(reqs, batch_opts());
 
-    std::vector<std::string> ends, revokes;
-    std::vector<std::size_t> end_idx;
-    std::vector<std::size_t> again;  // reserved puts to do again the ordinary way
+    std::vector<std::string> ends, revokes;  // ends: filled only where a master call takes them
+    scratch_vec<std::size_t> end_idx_v, again_v;
+    std::vector<std::size_t>& end_idx = *end_idx_v;
+    std::vector<std::size_t>& again = *again_v;  // reserved puts to do again the ordinary way
     for (std::size_t t = 0; t < todo.size(); ++t) {
       if (!reserved && !starts[t]) continue;
       if (tout[t]) {
         if (auto ec = first_error(res, rbegin[t], rbegin[t + 1])) tout[t] = fail(ec);
       }
       if (tout[t]) {
-        ends.push_back(tkeys[t]);
         end_idx.push_back(t);
       } else {
         revokes.push_back(reserved ? resv[t].placeholder : tkeys[t]);
@@ -906,14 +923,20 @@ struct client::impl {
       }
     }
     std::vector<std::string> stale;  // reservations to give back
-    std::vector<bool> counted(todo.size(), false);
-    if (reserved && !ends.empty() && cfg.defer_put_commit && engine_index() == resv_thread) {
+    scratch_vec<unsigned char> counted_v;
+    std::vector<unsigned char>& counted = *counted_v;
+    counted.assign(todo.size(), 0);
+    const bool deferred = reserved && !end_idx.empty() && cfg.defer_put_commit && engine_index() == resv_thread;
+    if (!deferred) {
+      ends.reserve(end_idx.size());
+      for (std::size_t t : end_idx) ends.push_back(tkeys[t]);
+    }
+    if (deferred) {
       // Written: the commit goes in the background (client_config::defer_put_commit), and the put
       // is counted when it lands.
-      for (std::size_t k = 0; k < end_idx.size(); ++k) {
-        const std::size_t t = end_idx[k];
-        defer_commit(resv_thread, std::move(ends[k]), std::move(resv[t]), resv_size);
-        counted[t] = true;
+      for (const std::size_t t : end_idx) {
+        defer_commit(resv_thread, tkeys[t], std::move(resv[t]), resv_size);
+        counted[t] = 1;
       }
     } else if (reserved && !ends.empty()) {
       std::vector<std::string> placeholders;
@@ -966,20 +989,28 @@ struct client::impl {
       co_await put_objects(akeys, aobjs, cfg.replica_defaults, false, aout, false);
       for (std::size_t k = 0; k < again.size(); ++k) {
         tout[again[k]] = std::move(aout[k]);
-        counted[again[k]] = true;  // by the call above
+        counted[again[k]] = 1;  // by the call above
       }
     }
+    // Summed first: the counters are shared by every thread, and one atomic add per counter and
+    // call costs less than one per key.
+    std::uint64_t puts = 0, bytes = 0, failures = 0;
     for (std::size_t t = 0; t < todo.size(); ++t) {
       out[todo[t]] = tout[t];
       if (counted[t]) continue;
       if (tout[t]) {
-        c.puts.fetch_add(1, std::memory_order_relaxed);
-        c.put_bytes.fetch_add(tobjs.bytes(t), std::memory_order_relaxed);
-        if (reserved) c.reserved_puts.fetch_add(1, std::memory_order_relaxed);
+        ++puts;
+        bytes += tobjs.bytes(t);
       } else {
-        c.put_failures.fetch_add(1, std::memory_order_relaxed);
+        ++failures;
       }
     }
+    if (puts) {
+      c.puts.fetch_add(puts, std::memory_order_relaxed);
+      c.put_bytes.fetch_add(bytes, std::memory_order_relaxed);
+      if (reserved) c.reserved_puts.fetch_add(puts, std::memory_order_relaxed);
+    }
+    if (failures) c.put_failures.fetch_add(failures, std::memory_order_relaxed);
   }
 
   // --- get ---
@@ -1503,6 +1534,7 @@ client_stats client::stats() const noexcept {
   s.reserved_puts = c.reserved_puts.load();
   s.reservation_fallbacks = c.reservation_fallbacks.load();
   s.deferred_commit_failures = c.deferred_failures.load();
+  s.reservation_waits = c.reservation_waits.load();
   return s;
 }
 

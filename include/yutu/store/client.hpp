@@ -157,6 +157,9 @@ struct client_stats {
   // Deferred commits (client_config::defer_put_commit) the master refused: each also counts in
   // put_failures, and flush() names them.
   std::uint64_t deferred_commit_failures = 0;
+  // Reserved puts that found their thread's reservations of that size used up and waited for the
+  // refill under way (a master round trip): many per second means the refills come too late.
+  std::uint64_t reservation_waits = 0;
 };
 
 // A put whose deferred commit failed (client_config::defer_put_commit), as flush() reports it.
