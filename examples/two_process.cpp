@@ -63,7 +63,7 @@ yutu::task<int> initiate(engine& e, std::string segment, std::uint64_t remote) {
   }
   bool same = std::memcmp(in.data(), out.data(), out.size()) == 0;
   std::printf("initiator: wrote and read back %zu MiB over %s: %s\n", buffer_size >> 20,
-              e.counters("shm").requests.load() ? "shm" : "tcp", same ? "identical" : "DIFFERENT");
+              e.counters("shm").requests ? "shm" : "tcp", same ? "identical" : "DIFFERENT");
   co_return same ? 0 : 1;
 }
 

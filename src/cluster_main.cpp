@@ -594,7 +594,7 @@ int main(int argc, char** argv) {
   }
   auto st = (*store)->stats();
   auto& eng = (*store)->engine();
-  std::uint64_t shm_bytes = eng.counters("shm").bytes.load(), tcp_bytes = eng.counters("tcp").bytes.load();
+  std::uint64_t shm_bytes = eng.counters("shm").bytes, tcp_bytes = eng.counters("tcp").bytes;
   auto cr = yutu::sync_wait((*store)->close());
   if (!cr) std::fprintf(stderr, "yutu-cluster: closing the client: %s\n", cr.error().message().c_str());
   store->reset();

@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -73,6 +74,8 @@ struct peer {
 
   mutable std::mutex mu;
   std::shared_ptr<const segment_desc> desc;
+  // Moves each time `desc` is replaced: a thread's cached copy is good while it has not moved.
+  std::atomic<std::uint64_t> desc_gen{0};
   // One per transport of the engine, same order (null where a transport keeps no per-peer state).
   std::vector<std::unique_ptr<transport_peer_state>> states;
 
@@ -104,6 +107,12 @@ struct engine::impl final : transport_host {
 
   std::mutex shm_mu;
   std::map<std::uint64_t, shm_block> shm_blocks;
+  std::uint64_t next_shm_id = 0;  // guarded by shm_mu
+  // Address ranges of freed shared blocks, kept reserved (PROT_NONE, no memory) until the engine
+  // goes: a same-host peer writes through the descriptor it holds, which may predate the free, so
+  // no later block may take the same addresses (it would get writes meant for the freed one, or
+  // the peer's writes meant for it would land in the old memory). Guarded by shm_mu.
+  std::vector<std::pair<void*, std::uint64_t>> retired;
 
   std::mutex server_mu;
   std::set<int> server_fds;
@@ -136,6 +145,74 @@ struct engine::impl final : transport_host {
 
   transport_counters local_c, shm_c, tcp_c, rdma_c, none_c;
   std::atomic<std::size_t> rr{0};
+
+  // What each engine reactor thread keeps to itself, so that a request done on the spot (local,
+  // shm) touches no memory another thread writes: the peer it last sent to, with a copy of that
+  // peer's descriptor of its own, and its share of the request and byte counters. Before this, every
+  // request took the engine's peer lock and the peer's lock and moved four reference counts and two
+  // counters, all shared by every thread; on store_bench's 64 KiB shm puts those lines bouncing
+  // between the two cores cost more than the lookups themselves.
+  static constexpr std::size_t kinds = 5;  // local, shm, tcp, rdma, other (counters_for's order)
+  struct alignas(64) thread_state {
+    segment_id id = 0;
+    std::shared_ptr<peer> p;                    // null: nothing cached
+    std::shared_ptr<const segment_desc> desc;  // this thread's own copy of p's descriptor
+    std::uint64_t peers_gen = 0, desc_gen = 0;
+    // Written by this thread only (a load and a store, no locked instruction); read by counters().
+    std::array<std::atomic<std::uint64_t>, kinds> requests{}, bytes{};
+  };
+  std::vector<std::unique_ptr<thread_state>> tstates;  // by reactor index
+  // Moves whenever a peer leaves `peers`: cached peers of an older generation are looked up again.
+  std::atomic<std::uint64_t> peers_gen{0};
+  std::vector<std::size_t> kind_of;  // by transport index
+
+  static std::size_t kind_index(std::string_view t) noexcept {
+    if (t == "local") return 0;
+    if (t == "shm") return 1;
+    if (t == "tcp") return 2;
+    if (t == "rdma") return 3;
+    return 4;
+  }
+  transport_counters& cells(std::size_t kind) noexcept {
+    transport_counters* all[kinds] = {&local_c, &shm_c, &tcp_c, &rdma_c, &none_c};
+    return *all[kind];
+  }
+  // This thread's state when it is one of the engine's reactors, else null.
+  thread_state* this_thread_state() const noexcept {
+    io::reactor* r = io::reactor::current();
+    if (!r || tstates.empty()) return nullptr;
+    for (std::size_t i = 0; i < pool_->size(); ++i)
+      if (&pool_->at(i) == r) return tstates[i].get();
+    return nullptr;
+  }
+  // The peer `id` and a descriptor of it, from this thread's cache (refreshed when stale or for
+  // another peer). False when the engine has no such peer.
+  bool cached_peer(thread_state& ts, segment_id id) {
+    const std::uint64_t pg = peers_gen.load(std::memory_order_acquire);
+    if (ts.p && ts.id == id && ts.peers_gen == pg && ts.desc_gen == ts.p->desc_gen.load(std::memory_order_acquire))
+      return true;
+    std::shared_ptr<peer> p = find_peer(id);
+    if (!p) return false;
+    std::shared_ptr<const segment_desc> snap;
+    std::uint64_t dg = 0;
+    {
+      std::lock_guard lk(p->mu);
+      snap = p->desc;
+      dg = p->desc_gen.load(std::memory_order_relaxed);
+    }
+    ts.desc = std::make_shared<const segment_desc>(*snap);
+    ts.p = std::move(p);
+    ts.id = id;
+    ts.peers_gen = pg;
+    ts.desc_gen = dg;
+    return true;
+  }
+  void forget_peer_caches() noexcept {
+    for (auto& ts : tstates) {
+      ts->p.reset();
+      ts->desc.reset();
+    }
+  }
 
   // --- transport_host ---
   io::reactor_pool& pool() noexcept override { return *pool_; }
@@ -175,13 +252,7 @@ struct engine::impl final : transport_host {
     return pe;
   }
 
-  transport_counters& counters_for(std::string_view t) {
-    if (t == "local") return local_c;
-    if (t == "shm") return shm_c;
-    if (t == "tcp") return tcp_c;
-    if (t == "rdma") return rdma_c;
-    return none_c;
-  }
+  transport_counters& counters_for(std::string_view t) { return cells(kind_index(t)); }
   bool offers(std::string_view t) const {
     return std::find(cfg.transports.begin(), cfg.transports.end(), t) != cfg.transports.end();
   }
@@ -212,6 +283,7 @@ struct engine::impl final : transport_host {
       bd.shm_fd = b.shm_fd;
       bd.shm_offset = b.shm_offset;
       bd.shm_size = b.shm_size;
+      bd.shm_id = b.shm_id;
       d.buffers.push_back(std::move(bd));
     }
     for (const auto& t : transports) t->describe(d);
@@ -488,6 +560,7 @@ struct engine::impl final : transport_host {
       log::info("engine {}: segment {} restarted (incarnation {:x} -> {:x})", name, p.name, p.desc->incarnation,
                 d.incarnation);
     p.desc = std::make_shared<const segment_desc>(std::move(d));
+    p.desc_gen.fetch_add(1, std::memory_order_release);
   }
 
   // Refetches a peer's descriptor (after a restart or a miss). Keeps the old one on failure.
@@ -520,8 +593,14 @@ struct engine::impl final : transport_host {
     co_return true;
   }
 
-  void count_success(const transport& t, const transfer_request& r) {
-    auto& c = counters_for(t.name());
+  void count_success(std::size_t transport_index, const transfer_request& r, thread_state* ts = nullptr) {
+    const std::size_t k = kind_of[transport_index];
+    if (ts) {
+      ts->requests[k].store(ts->requests[k].load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      ts->bytes[k].store(ts->bytes[k].load(std::memory_order_relaxed) + r.length, std::memory_order_relaxed);
+      return;
+    }
+    auto& c = cells(k);
     c.requests.fetch_add(1, std::memory_order_relaxed);
     c.bytes.fetch_add(r.length, std::memory_order_relaxed);
   }
@@ -544,7 +623,7 @@ struct engine::impl final : transport_host {
       }
       ec = co_await t.execute(info, r);
       if (!ec) {
-        count_success(t, r);
+        count_success(i, r);
         out = {};
         co_return;
       }
@@ -563,37 +642,45 @@ struct engine::impl final : transport_host {
   // with no coroutine. false: it needs run_request (a transport that waits, a descriptor to fetch
   // again, or a failure, which run_request retries with its fallbacks and counts); `res` then holds
   // the peer and descriptor found, when they cover the request, so that it does not look again.
-  // `last`: the peer and descriptor the batch's previous request used. A batch mostly targets one
-  // segment, and looking them up again took the engine's peer lock and the peer's lock, with two
-  // reference counts that every engine thread shares, per request. Emptied when a request goes to
-  // run_request, which may fetch the descriptor again.
-  bool run_now(const transfer_request& r, std::error_code& out, resolved& res, resolved& last) {
+  // On an engine thread (`ts`), the peer and descriptor come from that thread's cache. Elsewhere,
+  // `last` holds those the batch's previous request used (a batch mostly targets one segment); it
+  // is emptied when a request goes to run_request, which may fetch the descriptor again.
+  bool run_now(const transfer_request& r, std::error_code& out, resolved& res, resolved& last, thread_state* ts) {
     if (r.length == 0) return true;
     if (!r.source) return false;
-    if (!last.p || last.p->id != r.segment) {
+    const std::shared_ptr<peer>* pp = &last.p;
+    const std::shared_ptr<const segment_desc>* dp = &last.desc;
+    if (ts) {
+      if (!cached_peer(*ts, r.segment)) return false;
+      pp = &ts->p;
+      dp = &ts->desc;
+    } else if (!last.p || last.p->id != r.segment) {
       last.p = find_peer(r.segment);
       if (!last.p) return false;
       last.desc = last.p->snapshot();
     }
-    const std::shared_ptr<peer>& p = last.p;
-    const std::shared_ptr<const segment_desc>& desc = last.desc;
-    if (!p->self && !desc->find(r.target_offset, r.length)) {
-      last = {};
+    const peer& p = **pp;
+    if (!p.self && !(*dp)->find(r.target_offset, r.length)) {
+      if (!ts) last = {};
       return false;
     }
+    peer_info info{p.id, &p.name, p.self, *dp, nullptr};
     for (std::size_t i = 0; i < transports.size(); ++i) {
       transport& t = *transports[i];
-      const peer_info info = p->info(i, desc);
+      info.state = p.states[i].get();
       if (!t.can_serve(info, r)) continue;
       const std::optional<std::error_code> ec = t.execute_now(info, r);
       if (ec && !*ec) {
-        count_success(t, r);
+        count_success(i, r, ts);
         out = {};
         return true;
       }
       break;
     }
-    res = std::exchange(last, resolved{});
+    if (ts)
+      res = resolved{*pp, *dp};
+    else
+      res = std::exchange(last, resolved{});
     return false;
   }
 
@@ -607,9 +694,10 @@ struct engine::impl final : transport_host {
   pending run_inline(std::span<const transfer_request> batch, std::vector<std::error_code>& errors) {
     pending rest;
     resolved last;
+    thread_state* ts = this_thread_state();
     for (std::size_t i = 0; i < batch.size(); ++i) {
       resolved res;
-      if (!run_now(batch[i], errors[i], res, last)) rest.emplace_back(i, std::move(res));
+      if (!run_now(batch[i], errors[i], res, last, ts)) rest.emplace_back(i, std::move(res));
     }
     return rest;
   }
@@ -694,10 +782,12 @@ result<std::unique_ptr<engine>> engine::create(engine_config cfg) {
   p->listener.emplace(std::move(*l));
   p->name = c.local_segment_name.empty() ? p->host + ":" + std::to_string(p->port) : c.local_segment_name;
   p->pool_ = std::make_unique<io::reactor_pool>(c.threads);
+  for (std::size_t i = 0; i < c.threads; ++i) p->tstates.push_back(std::make_unique<impl::thread_state>());
   p->pool_->spawn(0, p->accept_loop().with_stop_token(p->stop_src.get_token()));
 
   // This engine as a segment of its own (transfers to self take the local path).
   p->make_transports();
+  for (const auto& t : p->transports) p->kind_of.push_back(impl::kind_index(t->name()));
   p->peers.emplace(0, p->make_peer(0, p->name, /*self=*/true, p->build_desc()));
   p->by_name.emplace(p->name, 0);
 
@@ -743,10 +833,12 @@ engine::~engine() {
   for (auto& t : p.transports) t->shutdown();
   p.pool_->stop_and_join();
   // Connections are gone with their reactors; drop them before the pool's rings disappear.
+  p.forget_peer_caches();
   p.peers.clear();
   p.listener.reset();
   std::lock_guard lk(p.shm_mu);
   for (auto& [_, b] : p.shm_blocks) shm_free(b);
+  for (auto& [a, n] : p.retired) ::munmap(a, n);
 }
 
 const std::string& engine::segment_name() const noexcept { return p_->name; }
@@ -767,6 +859,7 @@ result<void> engine::register_memory(void* addr, std::size_t length, std::string
     if (auto it = p_->shm_blocks.find(b.addr); it != p_->shm_blocks.end() && it->second.size >= length) {
       b.shm_fd = it->second.fd;
       b.shm_size = it->second.size;
+      b.shm_id = it->second.id;
     }
   }
   if (auto r = p_->registry_.add(b); !r) return r;
@@ -794,6 +887,7 @@ result<void*> engine::allocate_shared(std::size_t length, bool hugepages) {
   if (!b) return fail(b.error());
   {
     std::lock_guard lk(p_->shm_mu);
+    b->id = ++p_->next_shm_id;
     p_->shm_blocks.emplace(reinterpret_cast<std::uint64_t>(b->addr), *b);
   }
   if (auto r = register_memory(b->addr, length); !r) {
@@ -816,7 +910,16 @@ result<void> engine::free_shared(void* addr) {
   }
   (void)p_->registry_.remove(reinterpret_cast<std::uint64_t>(addr));
   p_->schedule_publish();
-  shm_free(b);
+  // Replaces the block's pages with a reservation in one step (no window where another mapping
+  // could take the range), then closes the memfd: its memory goes once no peer maps it.
+  void* r = ::mmap(b.addr, b.size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+  if (r == MAP_FAILED) {
+    shm_free(b);
+    return ok();
+  }
+  if (b.fd >= 0) ::close(b.fd);
+  std::lock_guard lk(p_->shm_mu);
+  p_->retired.emplace_back(b.addr, b.size);
   return ok();
 }
 
@@ -859,6 +962,7 @@ result<void> engine::close_segment(segment_id id) {
     pe = it->second;
     p_->by_name.erase(pe->name);
     p_->peers.erase(it);
+    p_->peers_gen.fetch_add(1, std::memory_order_release);
   }
   for (std::size_t k = 0; k < p_->transports.size(); ++k) p_->transports[k]->close_peer(pe->info(k));
   return ok();
@@ -1019,8 +1123,20 @@ task<result<notification>> engine::next_notification() {
   }
 }
 
-const transport_counters& engine::counters(std::string_view transport) const {
-  return p_->counters_for(transport);
+transport_counts engine::counters(std::string_view transport) const {
+  const std::size_t k = impl::kind_index(transport);
+  const transport_counters& c = p_->cells(k);
+  transport_counts out;
+  out.requests = c.requests.load(std::memory_order_relaxed);
+  out.bytes = c.bytes.load(std::memory_order_relaxed);
+  out.failures = c.failures.load(std::memory_order_relaxed);
+  out.fallbacks_from = c.fallbacks_from.load(std::memory_order_relaxed);
+  out.zero_copy_bytes = c.zero_copy_bytes.load(std::memory_order_relaxed);
+  for (const auto& ts : p_->tstates) {
+    out.requests += ts->requests[k].load(std::memory_order_relaxed);
+    out.bytes += ts->bytes[k].load(std::memory_order_relaxed);
+  }
+  return out;
 }
 
 bool engine::usable(std::string_view transport) const {
@@ -1035,12 +1151,12 @@ std::string engine::metrics_text() const {
     out += fmt::format("yutu_transfer_{}{{segment=\"{}\",transport=\"{}\"}} {}\n", metric, p_->name, t, v);
   };
   for (std::string_view t : {"local", "shm", "tcp", "rdma"}) {
-    const auto& c = p_->counters_for(t);
-    line("requests_total", t, c.requests.load());
-    line("bytes_total", t, c.bytes.load());
-    line("failures_total", t, c.failures.load());
-    line("fallbacks_total", t, c.fallbacks_from.load());
-    if (t == "tcp") line("zero_copy_bytes_total", t, c.zero_copy_bytes.load());
+    const transport_counts c = counters(t);
+    line("requests_total", t, c.requests);
+    line("bytes_total", t, c.bytes);
+    line("failures_total", t, c.failures);
+    line("fallbacks_total", t, c.fallbacks_from);
+    if (t == "tcp") line("zero_copy_bytes_total", t, c.zero_copy_bytes);
   }
   return out;
 }

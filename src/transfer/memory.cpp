@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <linux/memfd.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -88,6 +89,12 @@ result<shm_mapping> shm_mapping::open(int pid, int fd, std::uint64_t size) {
   std::string path = "/proc/" + std::to_string(pid) + "/fd/" + std::to_string(fd);
   int local = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
   if (local < 0) return fail_errno(-errno);
+  // A file shorter than the descriptor says would fault (SIGBUS) past its end: refused instead.
+  struct stat st {};
+  if (::fstat(local, &st) != 0 || static_cast<std::uint64_t>(st.st_size) < size) {
+    ::close(local);
+    return fail_errno(-EINVAL);
+  }
   void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, local, 0);
   int e = errno;
   ::close(local);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstring>
 #include <stop_token>
@@ -87,7 +88,9 @@ task<void> populate(std::shared_ptr<shm_mapping> m, std::shared_ptr<peer_livenes
 
 struct shm_peer_state final : transport_peer_state {
   std::mutex mu;
-  std::map<int, std::shared_ptr<shm_mapping>> maps;  // by the owner's memfd number
+  // By the owner's memfd number and block id (buffer_desc::shm_id): a number the owner freed and
+  // gave to a new block maps the new block, and the old mapping goes.
+  std::map<std::pair<int, std::uint64_t>, std::shared_ptr<shm_mapping>> maps;
   std::shared_ptr<peer_liveness> live;               // null where pidfds are unavailable
   std::uint64_t mapped_incarnation = 0;
   void end_watch() noexcept {
@@ -95,6 +98,25 @@ struct shm_peer_state final : transport_peer_state {
   }
   ~shm_peer_state() override { end_watch(); }
 };
+
+// What a thread last used of each block it wrote to or read from, so that a request finds the
+// mapping without the peer's lock (shared by every thread: taking it per request made its cache
+// line bounce between the cores). An entry is keyed by everything that names one block of one
+// process: the owner's incarnation, its memfd number and the block's id. It keeps the mapping
+// (and the owner's liveness flag) alive while cached; a few entries per thread, replaced on
+// collision, so at most that many stale mappings linger per thread.
+struct fast_entry {
+  std::uint64_t incarnation = 0, id = 0, size = 0;
+  int fd = -1;
+  std::shared_ptr<shm_mapping> map;
+  std::shared_ptr<peer_liveness> live;
+};
+constexpr std::size_t fast_entries = 8;
+thread_local std::array<fast_entry, fast_entries> fast;
+
+fast_entry& fast_slot(std::uint64_t incarnation, int fd, std::uint64_t id) noexcept {
+  return fast[(incarnation ^ static_cast<std::uint64_t>(fd) * 0x9e3779b97f4a7c15ull ^ id) % fast_entries];
+}
 
 }  // namespace
 
@@ -119,7 +141,11 @@ std::optional<std::error_code> shm_transport::execute_now(const peer_info& peer,
   if (!b) return make_error_code(te_errc::address_not_registered);
   if (b->shm_fd < 0) return make_error_code(te_errc::no_transport);
   std::byte* target = nullptr;
-  {
+  fast_entry& f = fast_slot(d.incarnation, b->shm_fd, b->shm_id);
+  if (f.map && f.incarnation == d.incarnation && f.fd == b->shm_fd && f.id == b->shm_id && f.size == b->shm_size) {
+    if (f.live && f.live->exited.load(std::memory_order_acquire)) return make_error_code(te_errc::peer_unreachable);
+    target = f.map->data() + b->shm_offset + (r.target_offset - b->addr);
+  } else {
     std::lock_guard lk(st.mu);
     if (st.mapped_incarnation != d.incarnation) {
       st.maps.clear();
@@ -136,18 +162,26 @@ std::optional<std::error_code> shm_transport::execute_now(const peer_info& peer,
     }
     if (st.live && st.live->exited.load(std::memory_order_acquire))
       return make_error_code(te_errc::peer_unreachable);
-    auto it = st.maps.find(b->shm_fd);
+    const std::pair<int, std::uint64_t> key{b->shm_fd, b->shm_id};
+    auto it = st.maps.find(key);
+    if (it != st.maps.end() && it->second->size() != b->shm_size) {
+      st.maps.erase(it);  // not the block of that number and id we mapped: map it again
+      it = st.maps.end();
+    }
     if (it == st.maps.end()) {
+      // The owner's fd number now names this block: whatever we mapped under it before is gone.
+      std::erase_if(st.maps, [&](const auto& kv) { return kv.first.first == b->shm_fd; });
       auto m = shm_mapping::open(d.pid, b->shm_fd, b->shm_size);
       if (!m) {
         log::info("engine {}: mapping {}'s memory failed ({}); falling back", host_.local_name(), *peer.name,
                   m.error().message());
         return make_error_code(te_errc::no_transport);
       }
-      it = st.maps.emplace(b->shm_fd, std::make_shared<shm_mapping>(std::move(*m))).first;
+      it = st.maps.emplace(key, std::make_shared<shm_mapping>(std::move(*m))).first;
       if (host_.config().shm_prefault) host_.spawn_on(0, populate(it->second, st.live, stopping_.get_token()));
     }
     target = it->second->data() + b->shm_offset + (r.target_offset - b->addr);
+    f = fast_entry{d.incarnation, b->shm_id, b->shm_size, b->shm_fd, it->second, st.live};
   }
   if (r.op == opcode::write)
     copy_to_peer(target, r.source, r.length, host_.config().nontemporal_write_threshold);

@@ -80,7 +80,8 @@ std::string segment_desc::to_json() const {
   auto& bufs = j["buffers"] = nlohmann::json::array();
   for (const auto& b : buffers) {
     nlohmann::json jb{{"addr", b.addr}, {"length", b.length}, {"location", b.location}};
-    if (b.shm_fd >= 0) jb["shm"] = {{"fd", b.shm_fd}, {"offset", b.shm_offset}, {"size", b.shm_size}};
+    if (b.shm_fd >= 0)
+      jb["shm"] = {{"fd", b.shm_fd}, {"offset", b.shm_offset}, {"size", b.shm_size}, {"id", b.shm_id}};
     bufs.push_back(std::move(jb));
   }
   for (const auto& [k, v] : extensions) {
@@ -127,8 +128,12 @@ result<segment_desc> segment_desc::from_json(std::string_view text) {
         b.shm_fd = need_int<int>(s->at("fd"));
         b.shm_offset = need_int<std::uint64_t>(s->at("offset"));
         b.shm_size = need_int<std::uint64_t>(s->at("size"));
+        if (auto id = s->find("id"); id != s->end()) b.shm_id = need_int<std::uint64_t>(*id);
       }
       if (b.addr + b.length < b.addr) return fail(te_errc::metadata_error);
+      // A peer copies straight into its mapping of the memfd: the buffer must lie inside it.
+      if (b.shm_fd >= 0 && (b.shm_offset > b.shm_size || b.length > b.shm_size - b.shm_offset))
+        return fail(te_errc::metadata_error);
       d.buffers.push_back(std::move(b));
     }
     std::sort(d.buffers.begin(), d.buffers.end(), [](auto& a, auto& b) { return a.addr < b.addr; });

@@ -12,6 +12,8 @@
 #include <thread>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "peer_util.hpp"
 #include "yutu/coro/sync_wait.hpp"
 #include "yutu/io/reactor.hpp"
@@ -85,7 +87,7 @@ TEST_CASE("local transfers to self are bounds-checked memcpy") {
   auto bad = yutu::sync_wait(e->write(*seg, src.p, target.addr(target.n - 10), 11));
   REQUIRE_FALSE(bad);
   CHECK(bad.error() == te_errc::address_not_registered);
-  CHECK(e->counters("local").requests.load() == 1);
+  CHECK(e->counters("local").requests == 1);
 }
 
 TEST_CASE("streaming copies: every alignment and length, nothing written outside the range") {
@@ -133,6 +135,105 @@ TEST_CASE("local writes above the streaming threshold, and overlapping ones, lan
   CHECK(std::memcmp(target.p, expect.data(), target.n) == 0);
 }
 
+// Requests done on the spot on an engine thread take their peer and descriptor from that thread's
+// cache and count in that thread's share of the counters: a descriptor that changed, a closed
+// segment and the sums must all show through.
+TEST_CASE("shm writes from every engine thread: cached peers follow new memory and closed segments; counters add up") {
+  auto target = make_engine({"shm"}, "target-cache");
+  auto init = make_engine({"shm"}, "init-cache");
+  const std::size_t n = 1 << 20;
+  auto a = target->allocate_shared(n);
+  REQUIRE(a);
+  auto* am = static_cast<std::byte*>(*a);
+  auto seg = yutu::sync_wait(init->open_segment("target-cache"));
+  REQUIRE(seg);
+  aligned_buf src(n);
+  REQUIRE(init->register_memory(src.p, src.n));
+  std::uint64_t writes = 0, bytes = 0;
+  auto write_check = [&](segment_id sg, std::byte* mem, unsigned seed, std::size_t len) {
+    fill_pattern(src.p, len, seed);
+    auto w = yutu::sync_wait(init->write(sg, src.p, reinterpret_cast<std::uint64_t>(mem), len));
+    REQUIRE_MESSAGE(w, (w ? std::string() : w.error().message()));
+    CHECK(fnv1a(mem, len) == fnv1a(src.p, len));
+    ++writes;
+    bytes += len;
+  };
+  // Plain-thread callers are spread over the engine's two threads: both caches fill.
+  for (unsigned i = 0; i < 8; ++i) write_check(*seg, am, i, 4096 + i);
+
+  // New memory at the target: the cached descriptors do not cover it; the write fetches the
+  // descriptor again and every thread's cache follows.
+  auto b = target->allocate_shared(n);
+  REQUIRE(b);
+  auto* bm = static_cast<std::byte*>(*b);
+  // The target publishes its new descriptor in the background: until it has, the range is unknown.
+  bool published = false;
+  for (int i = 0; i < 500 && !published; ++i) {
+    published = yutu::sync_wait(init->write(*seg, src.p, reinterpret_cast<std::uint64_t>(bm), 64)).has_value();
+    if (!published) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE(published);
+  ++writes;
+  bytes += 64;
+  for (unsigned i = 0; i < 8; ++i) {
+    write_check(*seg, bm, 100 + i, 8192 + i);
+    write_check(*seg, am, 200 + i, 100 + i);
+  }
+  const transport_counts c = init->counters("shm");
+  CHECK(c.requests == writes);
+  CHECK(c.bytes == bytes);
+  CHECK(init->metrics_text().find(fmt::format("transport=\"shm\"}} {}\n", writes)) != std::string::npos);
+
+  // A closed segment is gone for every thread, whatever it had cached.
+  REQUIRE(init->close_segment(*seg));
+  for (int i = 0; i < 4; ++i) {
+    auto w = yutu::sync_wait(init->write(*seg, src.p, reinterpret_cast<std::uint64_t>(am), 64));
+    REQUIRE_FALSE(w);
+    CHECK(w.error() == te_errc::invalid_argument);
+  }
+  auto again = yutu::sync_wait(init->open_segment("target-cache"));
+  REQUIRE(again);
+  CHECK(*again != *seg);
+  for (unsigned i = 0; i < 4; ++i) write_check(*again, bm, 300 + i, 512);
+  CHECK(init->counters("shm").requests == writes);
+}
+
+// A peer that frees a shared block and allocates another usually gets the same memfd number back,
+// and often the same address: a mapping kept from the first block must not take the writes meant
+// for the second (they would land in memory nobody reads: silent loss).
+TEST_CASE("shm: a block freed and allocated again at the peer gets the writes, not the old mapping") {
+  auto target = make_engine({"shm"}, "target-realloc");
+  auto init = make_engine({"shm"}, "init-realloc");
+  const std::size_t n = 1 << 20;
+  aligned_buf src(n);
+  REQUIRE(init->register_memory(src.p, src.n));
+  auto seg = yutu::sync_wait(init->open_segment("target-realloc"));
+  REQUIRE(seg);
+  for (unsigned round = 0; round < 4; ++round) {
+    CAPTURE(round);
+    auto a = target->allocate_shared(n);
+    REQUIRE(a);
+    auto* am = static_cast<std::byte*>(*a);
+    std::memset(am, 0, n);
+    fill_pattern(src.p, n, 17 + round);
+    // Until the new descriptor is published, the range is unknown (or belongs to the freed block).
+    bool landed = false;
+    for (int i = 0; i < 500 && !landed; ++i) {
+      auto w = yutu::sync_wait(init->write(*seg, src.p, reinterpret_cast<std::uint64_t>(am), n));
+      landed = w && fnv1a(am, n) == fnv1a(src.p, n);
+      if (!landed) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    CHECK(landed);
+    // From every engine thread, again.
+    for (unsigned i = 0; i < 4; ++i) {
+      fill_pattern(src.p, 4096, 100 * round + i);
+      REQUIRE(yutu::sync_wait(init->write(*seg, src.p, reinterpret_cast<std::uint64_t>(am), 4096)));
+      CHECK(fnv1a(am, 4096) == fnv1a(src.p, 4096));
+    }
+    REQUIRE(target->free_shared(am));
+  }
+}
+
 TEST_CASE("two engines over tcp: every opcode, unaligned sizes and addresses, data verified") {
   auto target = make_engine({"tcp"}, "target-a");
   auto init = make_engine({"tcp"}, "init-a");
@@ -154,7 +255,7 @@ TEST_CASE("two engines over tcp: every opcode, unaligned sizes and addresses, da
     REQUIRE(r);
     CHECK(fnv1a(dst.p + 3, len) == fnv1a(src.p + soff, len));
   }
-  CHECK(init->counters("tcp").failures.load() == 0);
+  CHECK(init->counters("tcp").failures == 0);
 }
 
 TEST_CASE("one batch of requests done inline (local) and waited for (tcp), with bad ones of each, each its own result") {
@@ -187,9 +288,9 @@ TEST_CASE("one batch of requests done inline (local) and waited for (tcp), with 
   CHECK(res.errors[8] == te_errc::address_not_registered);
   CHECK(res.errors[9]);
   // Each success counted once, by the transport that moved it; the failed local one once too.
-  CHECK(init->counters("local").requests.load() == 4);
-  CHECK(init->counters("local").failures.load() == 1);
-  CHECK(init->counters("tcp").requests.load() == 4);
+  CHECK(init->counters("local").requests == 4);
+  CHECK(init->counters("local").failures == 1);
+  CHECK(init->counters("tcp").requests == 4);
 }
 
 TEST_CASE("thousands of concurrent requests in one batch") {
@@ -465,7 +566,7 @@ TEST_CASE("100k short transfers reuse pooled connections: no port or fd exhausti
     REQUIRE(res.ok());
   }
   CHECK(count_fds() <= fds_before);
-  CHECK(init->counters("tcp").requests.load() >= 100'000);
+  CHECK(init->counters("tcp").requests >= 100'000);
 }
 
 TEST_CASE("comma lists: items in order, empty ones dropped") {
@@ -583,10 +684,20 @@ TEST_CASE("segment descriptors round-trip through JSON and reject garbage") {
   d.incarnation = 42;
   d.transports = {"tcp"};
   d.buffers.push_back({4096, 100, "cpu:0", -1, 0, 0});
-  d.buffers.push_back({1024, 10, "cpu:1", 5, 0, 4096});
+  d.buffers.push_back({1024, 10, "cpu:1", 5, 0, 4096, 9});
   auto back = segment_desc::from_json(d.to_json());
   REQUIRE(back);
   CHECK(back->buffers.size() == 2);
+  CHECK(back->buffers[0].shm_fd == 5);
+  CHECK(back->buffers[0].shm_id == 9);
+  CHECK(back->buffers[1].shm_id == 0);
+  // A buffer outside its memfd (a peer would copy past its mapping) is refused.
+  CHECK_FALSE(segment_desc::from_json(
+      R"({"name":"a","incarnation":1,"buffers":[{"addr":4096,"length":100,"shm":{"fd":3,"offset":4000,"size":4096}}]})"));
+  CHECK_FALSE(segment_desc::from_json(
+      R"({"name":"a","incarnation":1,"buffers":[{"addr":4096,"length":1,"shm":{"fd":3,"offset":5000,"size":4096}}]})"));
+  CHECK(segment_desc::from_json(
+      R"({"name":"a","incarnation":1,"buffers":[{"addr":4096,"length":96,"shm":{"fd":3,"offset":4000,"size":4096}}]})"));
   CHECK(back->buffers[0].addr == 1024);  // sorted
   CHECK(back->find(4096 + 50, 50) != nullptr);
   CHECK(back->find(4096 + 50, 51) == nullptr);

@@ -323,17 +323,17 @@ TEST_CASE("netns: write and read over the veth, 1 B to 64 MiB, through tcp and n
     CHECK(fnv1a(dst.p + 3, len) == fnv1a(src.p + 1, len));
     n += 2;
   }
-  CHECK(init->counters("tcp").requests.load() == static_cast<std::uint64_t>(n));
-  CHECK(init->counters("shm").requests.load() == 0);
-  CHECK(init->counters("shm").failures.load() == 0);
-  CHECK(init->counters("shm").fallbacks_from.load() == 0);
+  CHECK(init->counters("tcp").requests == static_cast<std::uint64_t>(n));
+  CHECK(init->counters("shm").requests == 0);
+  CHECK(init->counters("shm").failures == 0);
+  CHECK(init->counters("shm").fallbacks_from == 0);
   // The peer is on "another host": large writes left with SEND_ZC where this kernel has it (the
   // bytes above were verified all the same); small ones were copied.
   yutu::io::reactor probe;
   if (probe.features().send_zc) {
-    const auto zc = init->counters("tcp").zero_copy_bytes.load();
+    const auto zc = init->counters("tcp").zero_copy_bytes;
     CHECK(zc >= (std::size_t(64) << 20));
-    CHECK(zc < init->counters("tcp").bytes.load());
+    CHECK(zc < init->counters("tcp").bytes);
   } else {
     MESSAGE("no SEND_ZC in this kernel: the zero-copy path was not exercised");
   }
@@ -364,7 +364,7 @@ TEST_CASE("netns: the link cut mid-batch fails typed within the deadline; restor
   std::thread cutter([&] {
     // Cut once the batch is flowing: a request of it has completed (the warm-up was the first).
     const auto give_up = std::chrono::steady_clock::now() + 5s;
-    while (init->counters("tcp").requests.load() < 2 && std::chrono::steady_clock::now() < give_up)
+    while (init->counters("tcp").requests < 2 && std::chrono::steady_clock::now() < give_up)
       std::this_thread::sleep_for(1ms);
     cut_at = std::chrono::steady_clock::now();
     cut = net.set_link_b(false);
@@ -429,7 +429,7 @@ TEST_CASE("netns: the target killed in its namespace fails the batch typed; a ne
   }
   std::thread killer([&] {
     const auto give_up = std::chrono::steady_clock::now() + 5s;
-    while (init->counters("tcp").requests.load() < 2 && std::chrono::steady_clock::now() < give_up)
+    while (init->counters("tcp").requests < 2 && std::chrono::steady_clock::now() < give_up)
       std::this_thread::sleep_for(1ms);
     peer.kill_now();
   });

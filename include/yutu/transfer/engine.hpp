@@ -61,11 +61,18 @@ struct batch_result {
   }
 };
 
-// Counters per transport; names match the Prometheus text of metrics_text().
+// Counters per transport, as the transports add to them (transport_host::counters). Requests done
+// on an engine thread count in that thread's share instead; engine::counters() adds them up.
 struct transport_counters {
   std::atomic<std::uint64_t> requests{0}, bytes{0}, failures{0}, fallbacks_from{0};
   // tcp: bytes the kernel sent without copying them (SEND_ZC towards peers on other hosts).
   std::atomic<std::uint64_t> zero_copy_bytes{0};
+};
+
+// A reading of one transport's counters; names match the Prometheus text of metrics_text().
+struct transport_counts {
+  std::uint64_t requests = 0, bytes = 0, failures = 0, fallbacks_from = 0;
+  std::uint64_t zero_copy_bytes = 0;  // tcp: bytes sent without copying them (SEND_ZC)
 };
 
 class engine {
@@ -130,7 +137,7 @@ class engine {
   std::optional<notification> try_next_notification();
 
   // --- observability ---
-  const transport_counters& counters(std::string_view transport) const;
+  transport_counts counters(std::string_view transport) const;
   // Whether `transport` is offered (config().transports) and can move bytes: false for "rdma" when
   // no NIC could be opened (no device, none active, none of rdma.devices, no libibverbs).
   bool usable(std::string_view transport) const;

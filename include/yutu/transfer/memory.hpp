@@ -29,6 +29,7 @@ struct registered_buffer {
   int shm_fd = -1;  // memfd when allocated by shm_allocator
   std::uint64_t shm_offset = 0;
   std::uint64_t shm_size = 0;
+  std::uint64_t shm_id = 0;  // the block's number at its engine (see buffer_desc::shm_id)
 };
 
 class memory_registry {
@@ -81,6 +82,7 @@ struct shm_block {
   void* addr = nullptr;
   std::uint64_t size = 0;
   int fd = -1;
+  std::uint64_t id = 0;  // numbered by the engine that allocated it, from 1
 };
 result<shm_block> shm_allocate(std::uint64_t size, bool hugepages = false);
 void shm_free(const shm_block& b) noexcept;

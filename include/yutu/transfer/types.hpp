@@ -56,6 +56,10 @@ struct buffer_desc {
   int shm_fd = -1;
   std::uint64_t shm_offset = 0;  // offset of addr within that memfd
   std::uint64_t shm_size = 0;    // size of the whole memfd mapping
+  // Which block of the owner's that memfd is (numbered from 1; 0 from an owner that does not say):
+  // a freed block's fd number is soon given to the next one, and a peer that kept the old mapping
+  // under the number alone would write into memory nobody reads any more.
+  std::uint64_t shm_id = 0;
 };
 
 struct segment_desc {

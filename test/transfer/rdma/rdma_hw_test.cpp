@@ -83,7 +83,7 @@ int main() {
     if (!ok) ++failures;
   }
   std::printf("rdma requests %llu, failures %llu\n",
-              static_cast<unsigned long long>((*init)->counters("rdma").requests.load()),
-              static_cast<unsigned long long>((*init)->counters("rdma").failures.load()));
+              static_cast<unsigned long long>((*init)->counters("rdma").requests),
+              static_cast<unsigned long long>((*init)->counters("rdma").failures));
   return failures ? 1 : 0;
 }
