@@ -304,14 +304,9 @@ struct client::impl {
   std::atomic<std::uint64_t> cache_epoch{0};
 
   // The engine reactor this thread runs, or npos.
-  static constexpr std::size_t npos = SIZE_MAX;
+  static constexpr std::size_t npos = io::reactor_pool::npos;
   std::size_t engine_index() const noexcept {
-    io::reactor* here = io::reactor::current();
-    if (!here) return npos;
-    auto& pool = eng->reactors();
-    for (std::size_t i = 0; i < pool.size(); ++i)
-      if (&pool.at(i) == here) return i;
-    return npos;
+    return eng->reactors().index_of_current();
   }
   // This thread's cache, or none (off, or not on an engine thread).
   replica_cache* local_cache() noexcept {

@@ -147,17 +147,23 @@ struct engine::impl final : transport_host {
   std::atomic<std::size_t> rr{0};
 
   // What each engine reactor thread keeps to itself, so that a request done on the spot (local,
-  // shm) touches no memory another thread writes: the peer it last sent to, with a copy of that
-  // peer's descriptor of its own, and its share of the request and byte counters. Before this, every
+  // shm) touches no memory another thread writes: the peers it last sent to (a few: a put with two
+  // replicas alternates between two nodes), each with a copy of its descriptor of its own, and its
+  // share of the request and byte counters. Before this, every
   // request took the engine's peer lock and the peer's lock and moved four reference counts and two
   // counters, all shared by every thread; on store_bench's 64 KiB shm puts those lines bouncing
   // between the two cores cost more than the lookups themselves.
   static constexpr std::size_t kinds = 5;  // local, shm, tcp, rdma, other (counters_for's order)
-  struct alignas(64) thread_state {
+  struct cached_peer_entry {
     segment_id id = 0;
     std::shared_ptr<peer> p;                    // null: nothing cached
     std::shared_ptr<const segment_desc> desc;  // this thread's own copy of p's descriptor
     std::uint64_t peers_gen = 0, desc_gen = 0;
+  };
+  static constexpr std::size_t cached_peers = 4;
+  struct alignas(64) thread_state {
+    std::array<cached_peer_entry, cached_peers> peers;
+    std::size_t next_victim = 0;  // replaced in turn
     // Written by this thread only (a load and a store, no locked instruction); read by counters().
     std::array<std::atomic<std::uint64_t>, kinds> requests{}, bytes{};
   };
@@ -179,20 +185,24 @@ struct engine::impl final : transport_host {
   }
   // This thread's state when it is one of the engine's reactors, else null.
   thread_state* this_thread_state() const noexcept {
-    io::reactor* r = io::reactor::current();
-    if (!r || tstates.empty()) return nullptr;
-    for (std::size_t i = 0; i < pool_->size(); ++i)
-      if (&pool_->at(i) == r) return tstates[i].get();
-    return nullptr;
+    const std::size_t i = pool_->index_of_current();
+    return i < tstates.size() ? tstates[i].get() : nullptr;
   }
-  // The peer `id` and a descriptor of it, from this thread's cache (refreshed when stale or for
-  // another peer). False when the engine has no such peer.
-  bool cached_peer(thread_state& ts, segment_id id) {
+  // The peer `id` and a descriptor of it, from this thread's cache (refreshed when stale, or taking
+  // the place of another peer). Null when the engine has no such peer.
+  const cached_peer_entry* cached_peer(thread_state& ts, segment_id id) {
     const std::uint64_t pg = peers_gen.load(std::memory_order_acquire);
-    if (ts.p && ts.id == id && ts.peers_gen == pg && ts.desc_gen == ts.p->desc_gen.load(std::memory_order_acquire))
-      return true;
+    cached_peer_entry* slot = nullptr;
+    for (cached_peer_entry& e : ts.peers)
+      if (e.p && e.id == id) slot = &e;
+    if (slot && slot->peers_gen == pg && slot->desc_gen == slot->p->desc_gen.load(std::memory_order_acquire))
+      return slot;
+    if (!slot) slot = &ts.peers[ts.next_victim++ % cached_peers];
     std::shared_ptr<peer> p = find_peer(id);
-    if (!p) return false;
+    if (!p) {
+      *slot = {};
+      return nullptr;
+    }
     std::shared_ptr<const segment_desc> snap;
     std::uint64_t dg = 0;
     {
@@ -200,18 +210,11 @@ struct engine::impl final : transport_host {
       snap = p->desc;
       dg = p->desc_gen.load(std::memory_order_relaxed);
     }
-    ts.desc = std::make_shared<const segment_desc>(*snap);
-    ts.p = std::move(p);
-    ts.id = id;
-    ts.peers_gen = pg;
-    ts.desc_gen = dg;
-    return true;
+    *slot = cached_peer_entry{id, std::move(p), std::make_shared<const segment_desc>(*snap), pg, dg};
+    return slot;
   }
   void forget_peer_caches() noexcept {
-    for (auto& ts : tstates) {
-      ts->p.reset();
-      ts->desc.reset();
-    }
+    for (auto& ts : tstates) ts->peers = {};
   }
 
   // --- transport_host ---
@@ -256,13 +259,7 @@ struct engine::impl final : transport_host {
   bool offers(std::string_view t) const {
     return std::find(cfg.transports.begin(), cfg.transports.end(), t) != cfg.transports.end();
   }
-  bool on_engine_thread() const {
-    io::reactor* r = io::reactor::current();
-    if (!r) return false;
-    for (std::size_t i = 0; i < pool_->size(); ++i)
-      if (&pool_->at(i) == r) return true;
-    return false;
-  }
+  bool on_engine_thread() const { return pool_->index_of_current() != io::reactor_pool::npos; }
   std::size_t pick_reactor() { return rr.fetch_add(1, std::memory_order_relaxed) % pool_->size(); }
 
   segment_desc build_desc() const {
@@ -651,9 +648,10 @@ struct engine::impl final : transport_host {
     const std::shared_ptr<peer>* pp = &last.p;
     const std::shared_ptr<const segment_desc>* dp = &last.desc;
     if (ts) {
-      if (!cached_peer(*ts, r.segment)) return false;
-      pp = &ts->p;
-      dp = &ts->desc;
+      const cached_peer_entry* e = cached_peer(*ts, r.segment);
+      if (!e) return false;
+      pp = &e->p;
+      dp = &e->desc;
     } else if (!last.p || last.p->id != r.segment) {
       last.p = find_peer(r.segment);
       if (!last.p) return false;

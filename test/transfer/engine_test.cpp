@@ -179,6 +179,17 @@ TEST_CASE("shm writes from every engine thread: cached peers follow new memory a
     write_check(*seg, bm, 100 + i, 8192 + i);
     write_check(*seg, am, 200 + i, 100 + i);
   }
+  // Two peers in turn (a put with two replicas on two nodes): each keeps its own cached entry.
+  auto target2 = make_engine({"shm"}, "target-cache-2");
+  auto c2 = target2->allocate_shared(n);
+  REQUIRE(c2);
+  auto* cm = static_cast<std::byte*>(*c2);
+  auto seg2 = yutu::sync_wait(init->open_segment("target-cache-2"));
+  REQUIRE(seg2);
+  for (unsigned i = 0; i < 8; ++i) {
+    write_check(*seg, am, 400 + i, 256 + i);
+    write_check(*seg2, cm, 500 + i, 512 + i);
+  }
   const transport_counts c = init->counters("shm");
   CHECK(c.requests == writes);
   CHECK(c.bytes == bytes);

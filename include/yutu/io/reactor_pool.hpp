@@ -106,6 +106,16 @@ class reactor_pool {
 
   reactor& at(std::size_t i) noexcept { return *reactors_[i]; }
   std::size_t size() const noexcept { return reactors_.size(); }
+  // The index of the calling thread's reactor in this pool, or npos when the caller runs on no
+  // reactor of this pool (a plain thread, another pool's reactor).
+  static constexpr std::size_t npos = static_cast<std::size_t>(-1);
+  std::size_t index_of_current() const noexcept {
+    const reactor* here = reactor::current();
+    if (!here) return npos;
+    for (std::size_t i = 0; i < reactors_.size(); ++i)
+      if (reactors_[i] == here) return i;
+    return npos;
+  }
 
   // Starts `t` on reactor i, detached; the pool destroys it when it completes. An exception escaping
   // it is a broken invariant (std::terminate). Callable from any thread.
