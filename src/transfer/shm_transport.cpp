@@ -164,11 +164,7 @@ std::optional<std::error_code> shm_transport::execute_now(const peer_info& peer,
       return make_error_code(te_errc::peer_unreachable);
     const std::pair<int, std::uint64_t> key{b->shm_fd, b->shm_id};
     auto it = st.maps.find(key);
-    if (it != st.maps.end() && it->second->size() != b->shm_size) {
-      st.maps.erase(it);  // not the block of that number and id we mapped: map it again
-      it = st.maps.end();
-    }
-    if (it == st.maps.end()) {
+    if (it == st.maps.end() || it->second->size() != b->shm_size) {
       // The owner's fd number now names this block: whatever we mapped under it before is gone.
       std::erase_if(st.maps, [&](const auto& kv) { return kv.first.first == b->shm_fd; });
       auto m = shm_mapping::open(d.pid, b->shm_fd, b->shm_size);
