@@ -56,6 +56,14 @@ std::uint64_t random_incarnation() {
   return v;
 }
 
+// The guard word of a shared block (shm_block), through the owner's mapping of it. Sequentially
+// consistent: a peer checks the guard after its copy, behind a full fence, and must see the new value
+// before the owner goes on to unmap or reuse anything.
+void set_shm_guard(const registered_buffer& b, std::uint64_t value) noexcept {
+  auto* g = reinterpret_cast<std::uint64_t*>(b.addr - b.shm_offset + b.shm_guard);
+  std::atomic_ref<std::uint64_t>(*g).store(value, std::memory_order_seq_cst);
+}
+
 // Errors after which another transport may still succeed.
 bool may_fall_back(const std::error_code& ec) {
   if (ec == te_errc::address_not_registered || ec == te_errc::invalid_argument || ec == te_errc::stale_segment)
@@ -107,7 +115,8 @@ struct engine::impl final : transport_host {
 
   std::mutex shm_mu;
   std::map<std::uint64_t, shm_block> shm_blocks;
-  std::uint64_t next_shm_id = 0;  // guarded by shm_mu
+  std::uint64_t next_shm_id = 0;   // guarded by shm_mu
+  std::uint64_t next_shm_reg = 0;  // registrations of shared blocks, numbered from 1; guarded by shm_mu
   // Address ranges of freed shared blocks, kept reserved (PROT_NONE, no memory) until the engine
   // goes: a same-host peer writes through the descriptor it holds, which may predate the free, so
   // no later block may take the same addresses (it would get writes meant for the freed one, or
@@ -281,6 +290,8 @@ struct engine::impl final : transport_host {
       bd.shm_offset = b.shm_offset;
       bd.shm_size = b.shm_size;
       bd.shm_id = b.shm_id;
+      bd.shm_guard = b.shm_guard;
+      bd.shm_reg = b.shm_reg;
       d.buffers.push_back(std::move(bd));
     }
     for (const auto& t : transports) t->describe(d);
@@ -609,29 +620,44 @@ struct engine::impl final : transport_host {
     auto& p = res.p;
     auto& desc = res.desc;
     std::error_code ec = make_error_code(te_errc::no_transport);
-    std::string_view prev;
-    for (std::size_t i = 0; i < transports.size(); ++i) {
-      transport& t = *transports[i];
-      const peer_info info = p->info(i, desc);
-      if (!t.can_serve(info, r)) continue;
-      if (!prev.empty()) {
-        counters_for(prev).fallbacks_from.fetch_add(1, std::memory_order_relaxed);
-        log::info("engine {}: {} to {} failed ({}); falling back to {}", name, prev, p->name, ec.message(), t.name());
+    // A second pass only after the peer said the range is not registered: our descriptor may predate
+    // an unregister and a registration again of the same memory (a same-host peer's guard word says
+    // so, shm_block), and the one fetched now covers it.
+    for (int pass = 0; pass < 2; ++pass) {
+      std::string_view prev;
+      for (std::size_t i = 0; i < transports.size(); ++i) {
+        transport& t = *transports[i];
+        const peer_info info = p->info(i, desc);
+        if (!t.can_serve(info, r)) continue;
+        if (!prev.empty()) {
+          counters_for(prev).fallbacks_from.fetch_add(1, std::memory_order_relaxed);
+          log::info("engine {}: {} to {} failed ({}); falling back to {}", name, prev, p->name, ec.message(),
+                    t.name());
+        }
+        ec = co_await t.execute(info, r);
+        if (!ec) {
+          count_success(i, r);
+          out = {};
+          co_return;
+        }
+        counters_for(t.name()).failures.fetch_add(1, std::memory_order_relaxed);
+        if (ec == te_errc::stale_segment || ec == te_errc::peer_unreachable) {
+          co_await refresh(p);
+          desc = p->snapshot();
+        }
+        if (!may_fall_back(ec)) break;
+        prev = t.name();
       }
-      ec = co_await t.execute(info, r);
-      if (!ec) {
-        count_success(i, r);
-        out = {};
-        co_return;
-      }
-      counters_for(t.name()).failures.fetch_add(1, std::memory_order_relaxed);
-      if (ec == te_errc::stale_segment || ec == te_errc::peer_unreachable) {
-        co_await refresh(p);
-        desc = p->snapshot();
-      }
-      if (!may_fall_back(ec)) break;
-      prev = t.name();
+      if (pass > 0 || p->self || ec != te_errc::address_not_registered) break;
+      const std::shared_ptr<const segment_desc> before = desc;
+      co_await refresh(p);
+      desc = p->snapshot();
+      if (desc == before || !desc->find(r.target_offset, r.length)) break;
     }
+    // No transport took a range that the peer's latest descriptor does not list (a transport that
+    // maps the peer's memory, shm, serves only listed ranges): the range is what is wrong.
+    if (ec == te_errc::no_transport && !p->self && !desc->find(r.target_offset, r.length))
+      ec = make_error_code(te_errc::address_not_registered);
     out = ec;
   }
 
@@ -856,8 +882,10 @@ result<void> engine::register_memory(void* addr, std::size_t length, std::string
     std::lock_guard lk(p_->shm_mu);
     if (auto it = p_->shm_blocks.find(b.addr); it != p_->shm_blocks.end() && it->second.size >= length) {
       b.shm_fd = it->second.fd;
-      b.shm_size = it->second.size;
+      b.shm_size = it->second.mapped;
       b.shm_id = it->second.id;
+      b.shm_guard = it->second.guard;
+      b.shm_reg = ++p_->next_shm_reg;
     }
   }
   if (auto r = p_->registry_.add(b); !r) return r;
@@ -868,6 +896,9 @@ result<void> engine::register_memory(void* addr, std::size_t length, std::string
       return r;
     }
   }
+  // Same-host peers may write from now on: the guard takes this registration's number before any
+  // descriptor names it.
+  if (b.shm_guard != 0) set_shm_guard(b, b.shm_reg);
   p_->schedule_publish();
   return ok();
 }
@@ -875,6 +906,9 @@ result<void> engine::register_memory(void* addr, std::size_t length, std::string
 result<void> engine::unregister_memory(void* addr) {
   auto r = p_->registry_.remove(reinterpret_cast<std::uint64_t>(addr));
   if (!r) return fail(r.error());
+  // From here a same-host peer's copy through an older descriptor fails: its check before the copy
+  // sees 0, or its check after it does (and reports the copy as failed).
+  if (r->shm_guard != 0) set_shm_guard(*r, 0);
   for (auto& t : p_->transports) t->on_unregister(*r);
   p_->schedule_publish();
   return ok();
@@ -906,18 +940,19 @@ result<void> engine::free_shared(void* addr) {
     b = it->second;
     p_->shm_blocks.erase(it);
   }
-  (void)p_->registry_.remove(reinterpret_cast<std::uint64_t>(addr));
-  p_->schedule_publish();
+  // Unregistered first (the caller may have done it already): the transports drop the buffer, the
+  // guard goes to 0, and a new descriptor goes out.
+  (void)unregister_memory(addr);
   // Replaces the block's pages with a reservation in one step (no window where another mapping
   // could take the range), then closes the memfd: its memory goes once no peer maps it.
-  void* r = ::mmap(b.addr, b.size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+  void* r = ::mmap(b.addr, b.mapped, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
   if (r == MAP_FAILED) {
     shm_free(b);
     return ok();
   }
   if (b.fd >= 0) ::close(b.fd);
   std::lock_guard lk(p_->shm_mu);
-  p_->retired.emplace_back(b.addr, b.size);
+  p_->retired.emplace_back(b.addr, b.mapped);
   return ok();
 }
 

@@ -61,27 +61,39 @@ std::shared_ptr<const memory_registry::snapshot> memory_registry::current() cons
 std::vector<registered_buffer> memory_registry::list() const { return current()->buffers; }
 
 result<shm_block> shm_allocate(std::uint64_t size, bool hugepages) {
-  if (size == 0) return fail(te_errc::invalid_argument);
+  if (size == 0 || size > (std::uint64_t{1} << 62)) return fail(te_errc::invalid_argument);
   unsigned flags = MFD_CLOEXEC;
   if (hugepages) flags |= MFD_HUGETLB;
   int fd = ::memfd_create("yutu-shm", flags);
   if (fd < 0) return fail_errno(-errno);
-  if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
+  // A hugetlb memfd grows in whole huge pages: st_blksize says how large they are.
+  std::uint64_t page = 4096;
+  if (struct stat st {}; ::fstat(fd, &st) == 0 && st.st_blksize > 0) page = static_cast<std::uint64_t>(st.st_blksize);
+  const std::uint64_t guard = (size + 7) & ~std::uint64_t{7};
+  std::uint64_t mapped = (size + page - 1) / page * page;
+  if (guard + sizeof(std::uint64_t) > mapped) mapped += page;
+  if (::ftruncate(fd, static_cast<off_t>(mapped)) != 0) {
     int e = errno;
     ::close(fd);
     return fail_errno(-e);
   }
-  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+  void* p = ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
   if (p == MAP_FAILED) {
     int e = errno;
     ::close(fd);
     return fail_errno(-e);
   }
-  return shm_block{p, size, fd};
+  shm_block b;
+  b.addr = p;
+  b.size = size;
+  b.mapped = mapped;
+  b.guard = guard;
+  b.fd = fd;
+  return b;
 }
 
 void shm_free(const shm_block& b) noexcept {
-  if (b.addr) ::munmap(b.addr, b.size);
+  if (b.addr) ::munmap(b.addr, b.mapped);
   if (b.fd >= 0) ::close(b.fd);
 }
 

@@ -118,6 +118,15 @@ fast_entry& fast_slot(std::uint64_t incarnation, int fd, std::uint64_t id) noexc
   return fast[(incarnation ^ static_cast<std::uint64_t>(fd) * 0x9e3779b97f4a7c15ull ^ id) % fast_entries];
 }
 
+// A block its owner unregistered or freed: this thread's entry and the peer's mapping of it go, so
+// that we do not keep a freed block's memory alive (a block registered again is mapped again).
+void forget(shm_peer_state& st, fast_entry& f, const buffer_desc& b) noexcept {
+  f = fast_entry{};
+  std::lock_guard lk(st.mu);
+  if (auto it = st.maps.find({b.shm_fd, b.shm_id}); it != st.maps.end() && it->second->size() == b.shm_size)
+    st.maps.erase(it);
+}
+
 }  // namespace
 
 std::unique_ptr<transport_peer_state> shm_transport::make_peer_state(const peer_info&) {
@@ -140,11 +149,11 @@ std::optional<std::error_code> shm_transport::execute_now(const peer_info& peer,
   const buffer_desc* b = d.find(r.target_offset, r.length);
   if (!b) return make_error_code(te_errc::address_not_registered);
   if (b->shm_fd < 0) return make_error_code(te_errc::no_transport);
-  std::byte* target = nullptr;
+  shm_mapping* m = nullptr;
   fast_entry& f = fast_slot(d.incarnation, b->shm_fd, b->shm_id);
   if (f.map && f.incarnation == d.incarnation && f.fd == b->shm_fd && f.id == b->shm_id && f.size == b->shm_size) {
     if (f.live && f.live->exited.load(std::memory_order_acquire)) return make_error_code(te_errc::peer_unreachable);
-    target = f.map->data() + b->shm_offset + (r.target_offset - b->addr);
+    m = f.map.get();
   } else {
     std::lock_guard lk(st.mu);
     if (st.mapped_incarnation != d.incarnation) {
@@ -167,22 +176,41 @@ std::optional<std::error_code> shm_transport::execute_now(const peer_info& peer,
     if (it == st.maps.end() || it->second->size() != b->shm_size) {
       // The owner's fd number now names this block: whatever we mapped under it before is gone.
       std::erase_if(st.maps, [&](const auto& kv) { return kv.first.first == b->shm_fd; });
-      auto m = shm_mapping::open(d.pid, b->shm_fd, b->shm_size);
-      if (!m) {
+      auto nm = shm_mapping::open(d.pid, b->shm_fd, b->shm_size);
+      if (!nm) {
         log::info("engine {}: mapping {}'s memory failed ({}); falling back", host_.local_name(), *peer.name,
-                  m.error().message());
+                  nm.error().message());
         return make_error_code(te_errc::no_transport);
       }
-      it = st.maps.emplace(key, std::make_shared<shm_mapping>(std::move(*m))).first;
+      it = st.maps.emplace(key, std::make_shared<shm_mapping>(std::move(*nm))).first;
       if (host_.config().shm_prefault) host_.spawn_on(0, populate(it->second, st.live, stopping_.get_token()));
     }
-    target = it->second->data() + b->shm_offset + (r.target_offset - b->addr);
+    m = it->second.get();
     f = fast_entry{d.incarnation, b->shm_id, b->shm_size, b->shm_fd, it->second, st.live};
+  }
+  std::byte* target = m->data() + b->shm_offset + (r.target_offset - b->addr);
+  // The owner's word on this registration (shm_block): checked before the copy, and again after it
+  // behind a full fence, so that a copy that overlapped an unregister or a free is reported failed.
+  // A copy the second check passes was done before the owner cleared the guard: it reached the
+  // buffer while it was registered.
+  std::uint64_t* guard = b->shm_guard ? reinterpret_cast<std::uint64_t*>(m->data() + b->shm_guard) : nullptr;
+  if (guard && std::atomic_ref<std::uint64_t>(*guard).load(std::memory_order_acquire) != b->shm_reg) {
+    forget(st, f, *b);
+    return make_error_code(te_errc::address_not_registered);
   }
   if (r.op == opcode::write)
     copy_to_peer(target, r.source, r.length, host_.config().nontemporal_write_threshold);
   else
     std::memcpy(r.source, target, r.length);
+  if (guard) {
+    // A write's stores must be visible before the guard is read again (store-load: a full fence); a
+    // read's loads need only come before it.
+    std::atomic_thread_fence(r.op == opcode::write ? std::memory_order_seq_cst : std::memory_order_acquire);
+    if (std::atomic_ref<std::uint64_t>(*guard).load(std::memory_order_relaxed) != b->shm_reg) {
+      forget(st, f, *b);
+      return make_error_code(te_errc::address_not_registered);
+    }
+  }
   return std::error_code{};
 }
 

@@ -81,7 +81,8 @@ std::string segment_desc::to_json() const {
   for (const auto& b : buffers) {
     nlohmann::json jb{{"addr", b.addr}, {"length", b.length}, {"location", b.location}};
     if (b.shm_fd >= 0)
-      jb["shm"] = {{"fd", b.shm_fd}, {"offset", b.shm_offset}, {"size", b.shm_size}, {"id", b.shm_id}};
+      jb["shm"] = {{"fd", b.shm_fd},   {"offset", b.shm_offset}, {"size", b.shm_size},
+                   {"id", b.shm_id},   {"guard", b.shm_guard},   {"reg", b.shm_reg}};
     bufs.push_back(std::move(jb));
   }
   for (const auto& [k, v] : extensions) {
@@ -129,11 +130,19 @@ result<segment_desc> segment_desc::from_json(std::string_view text) {
         b.shm_offset = need_int<std::uint64_t>(s->at("offset"));
         b.shm_size = need_int<std::uint64_t>(s->at("size"));
         if (auto id = s->find("id"); id != s->end()) b.shm_id = need_int<std::uint64_t>(*id);
+        if (auto g = s->find("guard"); g != s->end()) b.shm_guard = need_int<std::uint64_t>(*g);
+        if (auto g = s->find("reg"); g != s->end()) b.shm_reg = need_int<std::uint64_t>(*g);
       }
       if (b.addr + b.length < b.addr) return fail(te_errc::metadata_error);
       // A peer copies straight into its mapping of the memfd: the buffer must lie inside it.
       if (b.shm_fd >= 0 && (b.shm_offset > b.shm_size || b.length > b.shm_size - b.shm_offset))
         return fail(te_errc::metadata_error);
+      // The guard word: aligned, inside the memfd, outside the buffer (a peer's copy never touches it).
+      if (b.shm_guard != 0) {
+        const bool inside = b.shm_size >= 8 && b.shm_guard <= b.shm_size - 8;
+        const bool overlaps = b.shm_guard < b.shm_offset + b.length && b.shm_guard + 8 > b.shm_offset;
+        if (b.shm_fd < 0 || b.shm_guard % 8 != 0 || !inside || overlaps) return fail(te_errc::metadata_error);
+      }
       d.buffers.push_back(std::move(b));
     }
     std::sort(d.buffers.begin(), d.buffers.end(), [](auto& a, auto& b) { return a.addr < b.addr; });

@@ -245,6 +245,72 @@ TEST_CASE("shm: a block freed and allocated again at the peer gets the writes, n
   }
 }
 
+TEST_CASE("shm: a copy through a descriptor older than an unregister or a free fails; registered again, it lands") {
+  auto target = make_engine({"shm"}, "target-guard");
+  auto init = make_engine({"shm"}, "init-guard");
+  const std::size_t n = 1 << 20;
+  aligned_buf src(n), dst(n);
+  REQUIRE(init->register_memory(src.p, src.n));
+  REQUIRE(init->register_memory(dst.p, dst.n));
+  auto seg = yutu::sync_wait(init->open_segment("target-guard"));
+  REQUIRE(seg);
+  auto a = target->allocate_shared(n);
+  REQUIRE(a);
+  auto* am = static_cast<std::byte*>(*a);
+  const auto addr = reinterpret_cast<std::uint64_t>(am);
+  // Lands once the initiator has a descriptor that names the block (fetched again on a miss).
+  const auto write_lands = [&](unsigned seed) {
+    fill_pattern(src.p, n, seed);
+    for (int i = 0; i < 500; ++i) {
+      auto w = yutu::sync_wait(init->write(*seg, src.p, addr, n));
+      if (w && fnv1a(am, n) == fnv1a(src.p, n)) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  };
+  REQUIRE(write_lands(31));
+
+  // Unregistered, still allocated: the initiator's descriptor still names the block, and its
+  // mapping would take the bytes; the guard refuses them before the copy.
+  REQUIRE(target->unregister_memory(am));
+  std::memset(am, 0, n);
+  const auto shm_failures = init->counters("shm").failures;
+  for (unsigned i = 0; i < 3; ++i) {
+    CAPTURE(i);
+    fill_pattern(src.p, n, 40 + i);
+    auto w = yutu::sync_wait(init->write(*seg, src.p, addr, n));
+    REQUIRE_FALSE(w);
+    CHECK(w.error() == te_errc::address_not_registered);
+    auto r = yutu::sync_wait(init->read(*seg, dst.p, addr, 4096));
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == te_errc::address_not_registered);
+  }
+  // The first refusal came from the shm transport itself, through the old descriptor.
+  CHECK(init->counters("shm").failures > shm_failures);
+  const std::vector<std::byte> zeros(n);
+  CHECK(std::memcmp(am, zeros.data(), n) == 0);
+
+  // Registered again (a new registration number): found again, and writes land.
+  REQUIRE(target->register_memory(am, n));
+  REQUIRE(write_lands(50));
+  std::memset(dst.p, 0, 4096);
+  REQUIRE(yutu::sync_wait(init->read(*seg, dst.p, addr, 4096)));
+  CHECK(std::memcmp(dst.p, am, 4096) == 0);
+
+  // Freed: the initiator's mapping still holds the pages, which nobody reads any more.
+  REQUIRE(target->free_shared(am));
+  const auto before_free = init->counters("shm").failures;
+  for (unsigned i = 0; i < 3; ++i) {
+    auto w = yutu::sync_wait(init->write(*seg, src.p, addr, 4096));
+    REQUIRE_FALSE(w);
+    // Until the descriptor without the block is published, the one fetched again still names it,
+    // and its memfd can no longer be opened: shm cannot serve it (an engine with tcp too would fall
+    // back, and the owner would answer address_not_registered).
+    CHECK((w.error() == te_errc::address_not_registered || w.error() == te_errc::no_transport));
+  }
+  CHECK(init->counters("shm").failures > before_free);
+}
+
 TEST_CASE("two engines over tcp: every opcode, unaligned sizes and addresses, data verified") {
   auto target = make_engine({"tcp"}, "target-a");
   auto init = make_engine({"tcp"}, "init-a");
@@ -695,13 +761,29 @@ TEST_CASE("segment descriptors round-trip through JSON and reject garbage") {
   d.incarnation = 42;
   d.transports = {"tcp"};
   d.buffers.push_back({4096, 100, "cpu:0", -1, 0, 0});
-  d.buffers.push_back({1024, 10, "cpu:1", 5, 0, 4096, 9});
+  d.buffers.push_back({1024, 10, "cpu:1", 5, 0, 4096, 9, 16, 77});
   auto back = segment_desc::from_json(d.to_json());
   REQUIRE(back);
   CHECK(back->buffers.size() == 2);
   CHECK(back->buffers[0].shm_fd == 5);
   CHECK(back->buffers[0].shm_id == 9);
+  CHECK(back->buffers[0].shm_guard == 16);
+  CHECK(back->buffers[0].shm_reg == 77);
   CHECK(back->buffers[1].shm_id == 0);
+  CHECK(back->buffers[1].shm_guard == 0);
+  // The guard word: aligned, inside the memfd, never inside the buffer (a peer's copy would
+  // overwrite it).
+  const auto guarded = [](std::string_view shm) {
+    return segment_desc::from_json(
+        fmt::format(R"({{"name":"a","incarnation":1,"buffers":[{{"addr":4096,"length":100,"shm":{}}}]}})", shm));
+  };
+  CHECK(guarded(R"({"fd":3,"offset":0,"size":4096,"guard":104,"reg":1})"));
+  CHECK(guarded(R"({"fd":3,"offset":8,"size":4096,"guard":0,"reg":1})"));  // 0: no guard
+  CHECK(guarded(R"({"fd":3,"offset":0,"size":4096,"guard":4088,"reg":1})"));
+  CHECK_FALSE(guarded(R"({"fd":3,"offset":0,"size":4096,"guard":96,"reg":1})"));    // inside the buffer
+  CHECK_FALSE(guarded(R"({"fd":3,"offset":0,"size":4096,"guard":105,"reg":1})"));   // unaligned
+  CHECK_FALSE(guarded(R"({"fd":3,"offset":0,"size":4096,"guard":4096,"reg":1})"));  // past the memfd
+  CHECK_FALSE(guarded(R"({"fd":3,"offset":8,"size":4096,"guard":8,"reg":1})"));     // the buffer's first word
   // A buffer outside its memfd (a peer would copy past its mapping) is refused.
   CHECK_FALSE(segment_desc::from_json(
       R"({"name":"a","incarnation":1,"buffers":[{"addr":4096,"length":100,"shm":{"fd":3,"offset":4000,"size":4096}}]})"));

@@ -30,6 +30,8 @@ struct registered_buffer {
   std::uint64_t shm_offset = 0;
   std::uint64_t shm_size = 0;
   std::uint64_t shm_id = 0;  // the block's number at its engine (see buffer_desc::shm_id)
+  std::uint64_t shm_guard = 0;  // offset of the block's guard word in the memfd (buffer_desc::shm_guard)
+  std::uint64_t shm_reg = 0;    // this registration's number, what the guard holds while it lasts
 };
 
 class memory_registry {
@@ -78,9 +80,17 @@ class memory_registry {
 
 // Shareable memory: each allocation is its own memfd mapping (hugepages when asked), so a peer on the
 // same host can map exactly that allocation and nothing else of this process.
+//
+// Past the caller's `size` the memfd holds one 8-byte guard word (in the last page's slack, or a page
+// of its own): the owning engine keeps there the number of the block's current registration, 0 while
+// it is not registered. A peer that maps the memfd reads it before and after each copy, so a write
+// through a descriptor published before an unregister or a free fails instead of landing in memory
+// that nobody reads any more (the owner's mapping is gone, the peer's keeps the pages alive).
 struct shm_block {
   void* addr = nullptr;
-  std::uint64_t size = 0;
+  std::uint64_t size = 0;    // what the caller asked for
+  std::uint64_t mapped = 0;  // the memfd's size, all of it mapped at addr: size, guard and padding
+  std::uint64_t guard = 0;   // offset of the guard word (>= size, 8-aligned)
   int fd = -1;
   std::uint64_t id = 0;  // numbered by the engine that allocated it, from 1
 };

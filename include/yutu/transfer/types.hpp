@@ -60,6 +60,11 @@ struct buffer_desc {
   // a freed block's fd number is soon given to the next one, and a peer that kept the old mapping
   // under the number alone would write into memory nobody reads any more.
   std::uint64_t shm_id = 0;
+  // Where the owner keeps the block's guard word in the memfd (0: an owner without one), and the
+  // value it holds while this registration lasts (see shm_block): a peer checks it around each copy,
+  // and a buffer the owner has since unregistered or freed fails with address_not_registered.
+  std::uint64_t shm_guard = 0;
+  std::uint64_t shm_reg = 0;
 };
 
 struct segment_desc {
