@@ -369,6 +369,32 @@ TEST_CASE("a replica whose node is gone: reads fail over to the other one; puts 
   CHECK(r.block_on(c->get("f0")).value() == vals[0]);
 }
 
+TEST_CASE("a node's memory freed while the master still lists it: puts there fail typed and are revoked") {
+  master_state m(quiet_master());
+  auto [x, xs] = mount_bare_node(m, 16 * mib);
+  // Same host: the writer maps the node's memory and copies into it (shm), through the descriptor it
+  // fetched with its first put.
+  auto c = make_client(m, 0, {"shm"}, 1);
+  yutu::io::reactor r;
+  const auto v = pattern(64 * kib, 3);
+  REQUIRE(r.block_on(c->put("before", v)));
+  CHECK(r.block_on(c->get("before")).value() == v);
+
+  // The node frees the memory without unmounting it (a bug, or an unmount the master has not seen
+  // yet): the writer's mapping would still take the bytes, and nobody would ever read them.
+  REQUIRE(x->free_shared(reinterpret_cast<void*>(xs.base)));
+  for (int i = 0; i < 5; ++i) {
+    const std::string k = "after" + std::to_string(i);
+    auto p = r.block_on(c->put(k, v));
+    REQUIRE_FALSE(p);
+    CHECK((p.error() == te_errc::address_not_registered || p.error() == te_errc::no_transport));
+    CHECK_FALSE(r.block_on(c->exist(k)).value());
+  }
+  CHECK(c->stats().revokes == 5);
+  auto g = r.block_on(c->get("before"));
+  REQUIRE_FALSE(g);  // its only replica is gone: an error, never the freed memory's bytes
+}
+
 TEST_CASE("eviction under pressure: puts keep succeeding, the oldest objects go") {
   master_config mc = quiet_master();
   auto m = std::make_unique<master_state>(mc);
