@@ -58,6 +58,13 @@ struct heap_buf {
   ~heap_buf() { std::free(p); }
 };
 
+// Bytes of this process's memfd mappings named "yutu-shm" that its page tables map. The initiators
+// here register heap memory only, so these are the peers' buffers mapped by shm.
+std::size_t mapped_peer_shm() {
+  return yutu::test::mapped_rss(
+      [](unsigned long, const char* line) { return std::strstr(line, "memfd:yutu-shm") != nullptr; });
+}
+
 void round_trip(engine& init, segment_id seg, child_peer& peer, const hello& h, std::size_t len, std::size_t off,
                 heap_buf& src, heap_buf& dst) {
   CAPTURE(len);
@@ -172,6 +179,8 @@ TEST_CASE("multi-process: an shm target that exits is noticed: writes into its m
   CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(500));
   auto again = yutu::sync_wait(init->write(*seg, src.p, h.buffer, 64));
   REQUIRE_FALSE(again);
+  // Its memory outlives it only in our mapping: gone once a transfer has seen the exit.
+  CHECK(mapped_peer_shm() == 0);
 }
 
 TEST_CASE("multi-process: a restarted target is reconnected; stale addresses never reach the new process") {
@@ -203,15 +212,6 @@ TEST_CASE("multi-process: a restarted target is reconnected; stale addresses nev
   REQUIRE(yutu::sync_wait(init->write(*seg, src.p, h2.buffer, 4096)));
   CHECK(second.command("sum 0 4096") == std::to_string(fnv1a(src.p, 4096)));
 }
-
-namespace {
-// Bytes of this process's memfd mappings named "yutu-shm" that its page tables map. The initiators
-// here register heap memory only, so these are the peers' buffers mapped by shm.
-std::size_t mapped_peer_shm() {
-  return yutu::test::mapped_rss(
-      [](unsigned long, const char* line) { return std::strstr(line, "memfd:yutu-shm") != nullptr; });
-}
-}  // namespace
 
 TEST_CASE("multi-process: a peer's shm memory is mapped in the background once first used, not with shm_prefault off") {
   if (peer_exe().empty()) {
