@@ -127,6 +127,11 @@ shm_mapping& shm_mapping::operator=(shm_mapping&& o) noexcept {
   }
   return *this;
 }
+void shm_mapping::retire() noexcept {
+  if (addr_)
+    (void)::mmap(addr_, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+}
+
 shm_mapping::~shm_mapping() {
   if (addr_) ::munmap(addr_, size_);
 }

@@ -14,7 +14,10 @@
 #include <array>
 #include <atomic>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <stop_token>
+#include <vector>
 
 #include "transports.hpp"
 #include "yutu/transfer/detail/stream_copy.hpp"
@@ -46,6 +49,24 @@ struct peer_liveness {
 
   std::atomic<bool> exited{false};
   int pidfd = -1;
+  // Every mapping of this incarnation's memory, retired (shm_mapping::retire) once it exits: a dead
+  // process's memfds live on only while peers map them, and the threads' cached entries that hold
+  // them go only when those threads next reach this peer, which after a node's exit may be never.
+  std::mutex maps_mu;
+  std::vector<std::weak_ptr<shm_mapping>> maps;
+  void add(const std::shared_ptr<shm_mapping>& m) {
+    std::lock_guard lk(maps_mu);
+    std::erase_if(maps, [](const std::weak_ptr<shm_mapping>& w) { return w.expired(); });
+    maps.push_back(m);
+    // retire_all() sets `exited` before it takes the lock: a mapping added after it ran sees it.
+    if (exited.load(std::memory_order_acquire)) m->retire();
+  }
+  void retire_all() noexcept {
+    std::lock_guard lk(maps_mu);
+    for (auto& w : maps)
+      if (auto m = w.lock()) m->retire();
+    maps.clear();
+  }
   std::stop_source stop;  // ends the watch: segment closed, peer restarted
   std::stop_callback<relay> relay_stop;  // ... or the engine stopping
   ~peer_liveness() {
@@ -57,7 +78,10 @@ struct peer_liveness {
 // when its process exits.
 task<void> watch_exit(std::shared_ptr<peer_liveness> l) {
   auto r = co_await io::poll(l->pidfd, POLLIN).with_stop_token(l->stop.get_token());
-  if (r && (*r & (POLLIN | POLLHUP | POLLERR))) l->exited.store(true, std::memory_order_release);
+  if (r && (*r & (POLLIN | POLLHUP | POLLERR))) {
+    l->exited.store(true, std::memory_order_release);
+    l->retire_all();
+  }
 }
 
 // Maps a new mapping's pages in the background: MADV_POPULATE_READ through the ring, which the
@@ -196,6 +220,7 @@ std::optional<std::error_code> shm_transport::execute_now(const peer_info& peer,
         return make_error_code(te_errc::no_transport);
       }
       it = st.maps.emplace(key, std::make_shared<shm_mapping>(std::move(*nm))).first;
+      if (st.live) st.live->add(it->second);
       if (host_.config().shm_prefault) host_.spawn_on(0, populate(it->second, st.live, stopping_.get_token()));
     }
     m = it->second.get();

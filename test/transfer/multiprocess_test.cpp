@@ -165,7 +165,14 @@ TEST_CASE("multi-process: an shm target that exits is noticed: writes into its m
   fill_pattern(src.p, 65536, 5);
   REQUIRE(yutu::sync_wait(init->write(*seg, src.p, h.buffer, 65536)));
   CHECK(peer.command("sum 0 65536") == std::to_string(fnv1a(src.p, 65536)));
+  CHECK(mapped_peer_shm() > 0);
   peer.kill_now();
+  // Its memory outlives it only while we map it: the exit watch lets go of it by itself, with no
+  // transfer to this peer (a node that exited may never be written to again).
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (mapped_peer_shm() > 0 && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  CHECK(mapped_peer_shm() == 0);
   // The mapping of the dead process's memory stays valid, so only the exit watch stands between a
   // write and silent loss. It runs on an engine reactor: allow it a moment, never more.
   auto t0 = std::chrono::steady_clock::now();

@@ -107,6 +107,11 @@ class shm_mapping {
   ~shm_mapping();
   std::byte* data() const noexcept { return static_cast<std::byte*>(addr_); }
   std::uint64_t size() const noexcept { return size_; }
+  // Lets go of the peer's memory while other threads may still be copying through this mapping:
+  // the range becomes private zero-filled memory in one step (their copies land there, and no
+  // fault), and the memfd's pages go once no other process maps them. The range stays reserved
+  // until destruction. For a peer that exited.
+  void retire() noexcept;
 
  private:
   void* addr_ = nullptr;
