@@ -888,17 +888,28 @@ result<void> engine::register_memory(void* addr, std::size_t length, std::string
       b.shm_reg = ++p_->next_shm_reg;
     }
   }
-  if (auto r = p_->registry_.add(b); !r) return r;
+  // The guard takes this registration's number before the registry holds it: a descriptor that
+  // names the registration can be published from then on (by a publication already under way), and
+  // a same-host peer that reads it must find the guard set. Restored if the registration fails (an
+  // overlap leaves an earlier registration of the block in force, with its own number).
+  std::uint64_t guard_before = 0;
+  if (b.shm_guard != 0) {
+    guard_before = std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(b.addr + b.shm_guard))
+                       .load(std::memory_order_relaxed);
+    set_shm_guard(b, b.shm_reg);
+  }
+  if (auto r = p_->registry_.add(b); !r) {
+    if (b.shm_guard != 0) set_shm_guard(b, guard_before);
+    return r;
+  }
   for (std::size_t k = 0; k < p_->transports.size(); ++k) {
     if (auto r = p_->transports[k]->on_register(b); !r) {
       while (k-- > 0) p_->transports[k]->on_unregister(b);
       (void)p_->registry_.remove(b.addr);
+      if (b.shm_guard != 0) set_shm_guard(b, guard_before);
       return r;
     }
   }
-  // Same-host peers may write from now on: the guard takes this registration's number before any
-  // descriptor names it.
-  if (b.shm_guard != 0) set_shm_guard(b, b.shm_reg);
   p_->schedule_publish();
   return ok();
 }

@@ -158,6 +158,19 @@ TEST_CASE("shm writes from every engine thread: cached peers follow new memory a
     ++writes;
     bytes += len;
   };
+  // A target publishes the descriptor naming new memory in the background: until it has, the range
+  // is unknown (a loaded machine once took longer than open_segment and one fetch again).
+  auto wait_named = [&](segment_id sg, std::byte* mem) {
+    bool named = false;
+    for (int i = 0; i < 500 && !named; ++i) {
+      named = yutu::sync_wait(init->write(sg, src.p, reinterpret_cast<std::uint64_t>(mem), 64)).has_value();
+      if (!named) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    REQUIRE(named);
+    ++writes;
+    bytes += 64;
+  };
+  wait_named(*seg, am);
   // Plain-thread callers are spread over the engine's two threads: both caches fill.
   for (unsigned i = 0; i < 8; ++i) write_check(*seg, am, i, 4096 + i);
 
@@ -166,15 +179,7 @@ TEST_CASE("shm writes from every engine thread: cached peers follow new memory a
   auto b = target->allocate_shared(n);
   REQUIRE(b);
   auto* bm = static_cast<std::byte*>(*b);
-  // The target publishes its new descriptor in the background: until it has, the range is unknown.
-  bool published = false;
-  for (int i = 0; i < 500 && !published; ++i) {
-    published = yutu::sync_wait(init->write(*seg, src.p, reinterpret_cast<std::uint64_t>(bm), 64)).has_value();
-    if (!published) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  REQUIRE(published);
-  ++writes;
-  bytes += 64;
+  wait_named(*seg, bm);
   for (unsigned i = 0; i < 8; ++i) {
     write_check(*seg, bm, 100 + i, 8192 + i);
     write_check(*seg, am, 200 + i, 100 + i);
@@ -186,6 +191,7 @@ TEST_CASE("shm writes from every engine thread: cached peers follow new memory a
   auto* cm = static_cast<std::byte*>(*c2);
   auto seg2 = yutu::sync_wait(init->open_segment("target-cache-2"));
   REQUIRE(seg2);
+  wait_named(*seg2, cm);
   for (unsigned i = 0; i < 8; ++i) {
     write_check(*seg, am, 400 + i, 256 + i);
     write_check(*seg2, cm, 500 + i, 512 + i);
@@ -290,8 +296,10 @@ TEST_CASE("shm: a copy through a descriptor older than an unregister or a free f
   const std::vector<std::byte> zeros(n);
   CHECK(std::memcmp(am, zeros.data(), n) == 0);
 
-  // Registered again (a new registration number): found again, and writes land.
+  // Registered again (a new registration number): found again, and writes land. A second
+  // registration of the same block is refused and leaves the first one's guard as it was.
   REQUIRE(target->register_memory(am, n));
+  CHECK(target->register_memory(am, n).error() == te_errc::address_overlapped);
   REQUIRE(write_lands(50));
   std::memset(dst.p, 0, 4096);
   REQUIRE(yutu::sync_wait(init->read(*seg, dst.p, addr, 4096)));
