@@ -59,9 +59,11 @@ std::uint64_t random_incarnation() {
 // The guard word of a shared block (shm_block), through the owner's mapping of it. Sequentially
 // consistent: a peer checks the guard after its copy, behind a full fence, and must see the new value
 // before the owner goes on to unmap or reuse anything.
+std::atomic_ref<std::uint64_t> shm_guard_word(const registered_buffer& b) noexcept {
+  return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(b.addr - b.shm_offset + b.shm_guard));
+}
 void set_shm_guard(const registered_buffer& b, std::uint64_t value) noexcept {
-  auto* g = reinterpret_cast<std::uint64_t*>(b.addr - b.shm_offset + b.shm_guard);
-  std::atomic_ref<std::uint64_t>(*g).store(value, std::memory_order_seq_cst);
+  shm_guard_word(b).store(value, std::memory_order_seq_cst);
 }
 
 // Errors after which another transport may still succeed.
@@ -894,8 +896,7 @@ result<void> engine::register_memory(void* addr, std::size_t length, std::string
   // overlap leaves an earlier registration of the block in force, with its own number).
   std::uint64_t guard_before = 0;
   if (b.shm_guard != 0) {
-    guard_before = std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(b.addr + b.shm_guard))
-                       .load(std::memory_order_relaxed);
+    guard_before = shm_guard_word(b).load(std::memory_order_relaxed);
     set_shm_guard(b, b.shm_reg);
   }
   if (auto r = p_->registry_.add(b); !r) {

@@ -151,14 +151,6 @@ void forget(shm_peer_state& st, fast_entry& f, const buffer_desc& b) noexcept {
     st.maps.erase(it);
 }
 
-// A peer that exited: its memfds live on only while peers map them, so this thread's entry and
-// every mapping of the peer go (other threads' entries go when they next reach it).
-void forget_peer(shm_peer_state& st, fast_entry& f) noexcept {
-  f = fast_entry{};
-  std::lock_guard lk(st.mu);
-  st.maps.clear();
-}
-
 }  // namespace
 
 std::unique_ptr<transport_peer_state> shm_transport::make_peer_state(const peer_info&) {
@@ -184,10 +176,8 @@ std::optional<std::error_code> shm_transport::execute_now(const peer_info& peer,
   shm_mapping* m = nullptr;
   fast_entry& f = fast_slot(d.incarnation, b->shm_fd, b->shm_id);
   if (f.map && f.incarnation == d.incarnation && f.fd == b->shm_fd && f.id == b->shm_id && f.size == b->shm_size) {
-    if (f.live && f.live->exited.load(std::memory_order_acquire)) {
-      forget_peer(st, f);
-      return make_error_code(te_errc::peer_unreachable);
-    }
+    // Its memory is let go already: the exit watch retired every mapping of it (peer_liveness).
+    if (f.live && f.live->exited.load(std::memory_order_acquire)) return make_error_code(te_errc::peer_unreachable);
     m = f.map.get();
   } else {
     std::lock_guard lk(st.mu);
@@ -204,10 +194,8 @@ std::optional<std::error_code> shm_transport::execute_now(const peer_info& peer,
         else host_.spawn_on(0, watch_exit(st.live));
       }
     }
-    if (st.live && st.live->exited.load(std::memory_order_acquire)) {
-      st.maps.clear();  // the dead process's memory lives on only while we map it
+    if (st.live && st.live->exited.load(std::memory_order_acquire))
       return make_error_code(te_errc::peer_unreachable);
-    }
     const std::pair<int, std::uint64_t> key{b->shm_fd, b->shm_id};
     auto it = st.maps.find(key);
     if (it == st.maps.end() || it->second->size() != b->shm_size) {
