@@ -35,7 +35,7 @@ namespace detail {
 // The frame that owns one spawned task; destroys itself when the task completes.
 class spawned_task {
  public:
-  struct promise_type : stop_token_holder {
+  struct promise_type : stop_token_holder, pooled_frame {
     async_scope* scope = nullptr;
 
     spawned_task get_return_object() noexcept {

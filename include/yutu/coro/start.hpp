@@ -39,7 +39,7 @@ class [[nodiscard]] started {
   using stored_t = std::conditional_t<std::is_void_v<T>, std::monostate, T>;
 
  public:
-  struct promise_type : detail::stop_token_holder, detail::started_return<promise_type, T> {
+  struct promise_type : detail::stop_token_holder, detail::pooled_frame, detail::started_return<promise_type, T> {
     std::variant<std::monostate, stored_t, std::exception_ptr> value;
     // nullptr: running, nobody waiting; done_tag(): finished; anything else: the waiter's address.
     std::atomic<void*> state{nullptr};

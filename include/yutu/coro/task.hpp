@@ -16,6 +16,8 @@
 #include <utility>
 #include <variant>
 
+#include "yutu/coro/detail/frame_pool.hpp"
+
 namespace yutu::coro {
 
 template <class T = void>
@@ -54,7 +56,7 @@ std::stop_token stop_token_of(std::coroutine_handle<P> h) noexcept {
     return {};
 }
 
-class task_promise_base : public stop_token_holder {
+class task_promise_base : public stop_token_holder, public pooled_frame {
  public:
   struct final_awaiter {
     bool await_ready() const noexcept { return false; }

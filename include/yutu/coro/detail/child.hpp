@@ -29,7 +29,7 @@ struct child_sink {
 
 class child_task {
  public:
-  struct promise_type : stop_token_holder {
+  struct promise_type : stop_token_holder, pooled_frame {
     child_sink* sink = nullptr;
     std::size_t index = 0;
 
