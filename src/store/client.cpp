@@ -258,8 +258,18 @@ struct client::impl {
   // through (null otherwise). Destroyed after the body of ~impl has let the engine go.
   std::unique_ptr<staging_area> staging;
 
+  // Buffers registered through this client (register_buffer, the local buffer): changed rarely, read
+  // by every put_from / get_into. Each engine thread checks against its own copy, taken again when
+  // reg_version has moved, so the data path takes no lock shared by the threads; other threads read
+  // the map under reg_mu. reg_version moves under reg_mu.
   mutable std::mutex reg_mu;
   std::map<std::uintptr_t, std::size_t> registered;
+  std::atomic<std::uint64_t> reg_version{1};
+  struct reg_copy {
+    std::uint64_t version = 0;
+    std::vector<std::pair<std::uintptr_t, std::size_t>> ranges;  // sorted by start
+  };
+  std::vector<std::unique_ptr<reg_copy>> reg_copies;  // by engine reactor index
 
   struct seg_entry {
     transfer::segment_id id = 0;
@@ -675,14 +685,32 @@ struct client::impl {
     if (local_buf) std::free(local_buf);
   }
 
-  bool is_registered(const void* p, std::uint64_t n) const {
-    auto a = reinterpret_cast<std::uintptr_t>(p);
-    std::lock_guard lk(reg_mu);
-    auto it = registered.upper_bound(a);
-    if (it == registered.begin()) return false;
+  // Whether [a, a + n) lies inside one of `ranges` (sorted by start, not overlapping).
+  template <class Ranges>
+  static bool covers(const Ranges& ranges, std::uintptr_t a, std::uint64_t n) noexcept {
+    auto it = std::upper_bound(ranges.begin(), ranges.end(), a,
+                               [](std::uintptr_t x, const auto& r) { return x < r.first; });
+    if (it == ranges.begin()) return false;
     --it;
-    return a >= it->first && a - it->first <= it->second && n <= it->second - (a - it->first);
+    return a - it->first <= it->second && n <= it->second - (a - it->first);
   }
+
+  bool is_registered(const void* p, std::uint64_t n) const {
+    const auto a = reinterpret_cast<std::uintptr_t>(p);
+    if (const std::size_t i = engine_index(); i != npos && i < reg_copies.size()) {
+      reg_copy& mine = *reg_copies[i];
+      if (mine.version != reg_version.load(std::memory_order_acquire)) {
+        std::lock_guard lk(reg_mu);
+        mine.ranges.assign(registered.begin(), registered.end());
+        mine.version = reg_version.load(std::memory_order_relaxed);  // moves only under reg_mu
+      }
+      return covers(mine.ranges, a, n);
+    }
+    std::lock_guard lk(reg_mu);
+    return covers(registered, a, n);
+  }
+
+  void note_registered_changed() noexcept { reg_version.fetch_add(1, std::memory_order_release); }
 
   transfer::batch_options batch_opts() const {
     transfer::batch_options o;
@@ -1395,6 +1423,8 @@ result<std::unique_ptr<client::impl>> build(client_config cfg, master_service* e
     if (auto r = p->eng->register_memory(area->data(), area->size(), "cpu:0", false); !r) return fail(r.error());
     p->staging = std::move(area);
   }
+  for (std::size_t i = 0; i < p->eng->reactors().size(); ++i)
+    p->reg_copies.push_back(std::make_unique<client::impl::reg_copy>());
   if (c.replica_cache_max_age.count() > 0) {
     if (c.replica_cache_entries == 0) return fail(errc::invalid_params);
     for (std::size_t i = 0; i < p->eng->reactors().size(); ++i)
@@ -1538,6 +1568,7 @@ result<void> client::register_buffer(void* addr, std::size_t size) {
   if (auto r = p_->eng->register_memory(addr, size, "cpu:0", false); !r) return r;
   std::lock_guard lk(p_->reg_mu);
   p_->registered.emplace(reinterpret_cast<std::uintptr_t>(addr), size);
+  p_->note_registered_changed();
   return ok();
 }
 
@@ -1545,6 +1576,7 @@ result<void> client::unregister_buffer(void* addr) {
   if (auto r = p_->eng->unregister_memory(addr); !r) return r;
   std::lock_guard lk(p_->reg_mu);
   p_->registered.erase(reinterpret_cast<std::uintptr_t>(addr));
+  p_->note_registered_changed();
   return ok();
 }
 

@@ -638,6 +638,37 @@ task<result<std::size_t>> load_on_engine(client& c, std::span<const std::string>
   co_return co_await c.load_prefix(keys, dsts, sizes);
 }
 
+task<result<void>> put_from_on_engine(client& c, std::string key, const void* src, std::uint64_t size) {
+  co_await c.engine().schedule();
+  co_return co_await c.put_from(std::move(key), src, size);
+}
+
+TEST_CASE("on an engine thread, put_from and get_into see register_buffer and unregister_buffer at once") {
+  // Engine threads check ranges against their own copy of the registered buffers: a copy left stale
+  // would accept an unregistered buffer or refuse a newly registered one.
+  master_state m(quiet_master());
+  auto node = make_client(m, 16 * mib);
+  auto c = make_client(m, 0);
+  buffer a(256 * kib), b(256 * kib);
+  fill_pattern(a.p, a.n, 11);
+  CHECK(yutu::sync_wait(put_from_on_engine(*c, "a0", a.p, a.n)).error() == errc::invalid_params);
+  REQUIRE(c->register_buffer(a.p, a.n));
+  for (int i = 0; i < 4; ++i) REQUIRE(yutu::sync_wait(put_from_on_engine(*c, "a" + std::to_string(i + 1), a.p, a.n)));
+  CHECK(yutu::sync_wait(get_on_engine(*c, "a1", b.p, b.n)).error() == errc::invalid_params);
+  REQUIRE(c->register_buffer(b.p, b.n));
+  for (int i = 0; i < 4; ++i) {
+    std::memset(b.p, 0, b.n);
+    REQUIRE(yutu::sync_wait(get_on_engine(*c, "a" + std::to_string(i + 1), b.p, b.n)).value() == a.n);
+    CHECK(std::memcmp(a.p, b.p, a.n) == 0);
+  }
+  REQUIRE(c->unregister_buffer(a.p));
+  for (int i = 0; i < 4; ++i)
+    CHECK(yutu::sync_wait(put_from_on_engine(*c, "late" + std::to_string(i), a.p, a.n)).error() == errc::invalid_params);
+  // Still registered: b, up to its end and not a byte past it.
+  REQUIRE(yutu::sync_wait(put_from_on_engine(*c, "b0", b.p, b.n)));
+  CHECK(yutu::sync_wait(put_from_on_engine(*c, "b1", b.p + 1, b.n)).error() == errc::invalid_params);
+}
+
 TEST_CASE("replica cache: hot keys are read without the master; removes, upserts, link breaks and age drop entries") {
   master_state m(quiet_master());  // leases of 10 s
   late_master look(m);
