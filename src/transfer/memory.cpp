@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <string>
 
@@ -118,18 +119,25 @@ result<shm_mapping> shm_mapping::open(int pid, int fd, std::uint64_t size) {
 }
 
 shm_mapping::shm_mapping(shm_mapping&& o) noexcept
-    : addr_(std::exchange(o.addr_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+    : addr_(std::exchange(o.addr_, nullptr)), size_(std::exchange(o.size_, 0)), guard_(std::exchange(o.guard_, 0)) {}
 shm_mapping& shm_mapping::operator=(shm_mapping&& o) noexcept {
   if (this != &o) {
     if (addr_) ::munmap(addr_, size_);
     addr_ = std::exchange(o.addr_, nullptr);
     size_ = std::exchange(o.size_, 0);
+    guard_ = std::exchange(o.guard_, 0);
   }
   return *this;
 }
 void shm_mapping::retire() noexcept {
   if (addr_)
     (void)::mmap(addr_, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+}
+
+bool shm_mapping::released_by_owner() const noexcept {
+  if (!addr_ || guard_ == 0 || guard_ + sizeof(std::uint64_t) > size_) return false;
+  return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(data() + guard_))
+             .load(std::memory_order_acquire) == 0;
 }
 
 shm_mapping::~shm_mapping() {

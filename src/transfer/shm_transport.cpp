@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -67,6 +68,22 @@ struct peer_liveness {
       if (auto m = w.lock()) m->retire();
     maps.clear();
   }
+  // The blocks of this live incarnation that it unregistered or freed: their mappings are retired
+  // too. Otherwise a freed block's pages stay allocated for as long as any thread's cached entry
+  // holds its mapping, and a thread that never reaches the block again never drops it: a node that
+  // frees a segment would give none of its memory back while clients run. A copy racing with the
+  // retire lands in zero-filled memory and fails its guard check; a block registered again after
+  // its mapping was retired fails that check once and is mapped again (the engine retries).
+  void retire_released() noexcept {
+    std::lock_guard lk(maps_mu);
+    std::erase_if(maps, [](const std::weak_ptr<shm_mapping>& w) {
+      auto m = w.lock();
+      if (!m) return true;
+      if (!m->released_by_owner()) return false;
+      m->retire();
+      return true;
+    });
+  }
   std::stop_source stop;  // ends the watch: segment closed, peer restarted
   std::stop_callback<relay> relay_stop;  // ... or the engine stopping
   ~peer_liveness() {
@@ -74,13 +91,24 @@ struct peer_liveness {
   }
 };
 
+// How often the watch looks for blocks the live peer let go of (peer_liveness::retire_released).
+constexpr std::chrono::seconds released_sweep_period{1};
+
 // Runs on an engine reactor until the peer exits or the watch is stopped. A pidfd becomes readable
-// when its process exits.
+// when its process exits; between, once a period, the mappings of blocks the peer let go of go.
 task<void> watch_exit(std::shared_ptr<peer_liveness> l) {
-  auto r = co_await io::poll(l->pidfd, POLLIN).with_stop_token(l->stop.get_token());
-  if (r && (*r & (POLLIN | POLLHUP | POLLERR))) {
-    l->exited.store(true, std::memory_order_release);
-    l->retire_all();
+  for (;;) {
+    auto r = co_await io::poll(l->pidfd, POLLIN).with_stop_token(l->stop.get_token()).with_timeout(released_sweep_period);
+    if (r) {
+      if (*r & (POLLIN | POLLHUP | POLLERR)) {
+        l->exited.store(true, std::memory_order_release);
+        l->retire_all();
+        co_return;
+      }
+      continue;
+    }
+    if (r.error() != std::errc::timed_out || l->stop.stop_requested()) co_return;
+    l->retire_released();
   }
 }
 
@@ -207,6 +235,7 @@ std::optional<std::error_code> shm_transport::execute_now(const peer_info& peer,
                   nm.error().message());
         return make_error_code(te_errc::no_transport);
       }
+      nm->set_guard(b->shm_guard);
       it = st.maps.emplace(key, std::make_shared<shm_mapping>(std::move(*nm))).first;
       if (st.live) st.live->add(it->second);
       if (host_.config().shm_prefault) host_.spawn_on(0, populate(it->second, st.live, stopping_.get_token()));

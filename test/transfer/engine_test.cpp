@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 
 #include "peer_util.hpp"
+#include "smaps.hpp"
 #include "yutu/coro/sync_wait.hpp"
 #include "yutu/io/reactor.hpp"
 #include "yutu/io/socket.hpp"
@@ -215,6 +216,18 @@ TEST_CASE("shm writes from every engine thread: cached peers follow new memory a
   CHECK(init->counters("shm").requests == writes);
 }
 
+// Writes `n` bytes of pattern `seed` from `src` to `at` in the peer's new block until they land there:
+// until the peer's new descriptor is published, the range is unknown (or belongs to a freed block).
+bool write_until_landed(engine& init, segment_id seg, std::byte* src, std::byte* at, std::size_t n, unsigned seed) {
+  fill_pattern(src, n, seed);
+  for (int i = 0; i < 500; ++i) {
+    auto w = yutu::sync_wait(init.write(seg, src, reinterpret_cast<std::uint64_t>(at), n));
+    if (w && fnv1a(at, n) == fnv1a(src, n)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
 // A peer that frees a shared block and allocates another usually gets the same memfd number back,
 // and often the same address: a mapping kept from the first block must not take the writes meant
 // for the second (they would land in memory nobody reads: silent loss).
@@ -232,15 +245,7 @@ TEST_CASE("shm: a block freed and allocated again at the peer gets the writes, n
     REQUIRE(a);
     auto* am = static_cast<std::byte*>(*a);
     std::memset(am, 0, n);
-    fill_pattern(src.p, n, 17 + round);
-    // Until the new descriptor is published, the range is unknown (or belongs to the freed block).
-    bool landed = false;
-    for (int i = 0; i < 500 && !landed; ++i) {
-      auto w = yutu::sync_wait(init->write(*seg, src.p, reinterpret_cast<std::uint64_t>(am), n));
-      landed = w && fnv1a(am, n) == fnv1a(src.p, n);
-      if (!landed) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    CHECK(landed);
+    CHECK(write_until_landed(*init, *seg, src.p, am, n, 17 + round));
     // From every engine thread, again.
     for (unsigned i = 0; i < 4; ++i) {
       fill_pattern(src.p, 4096, 100 * round + i);
@@ -249,6 +254,44 @@ TEST_CASE("shm: a block freed and allocated again at the peer gets the writes, n
     }
     REQUIRE(target->free_shared(am));
   }
+}
+
+// Bytes of this process's memfd mappings named "yutu-shm" that its page tables map: in these tests the
+// target's own blocks and the initiator's mappings of them.
+std::size_t mapped_shm() {
+  return yutu::test::mapped_rss(
+      [](unsigned long, const char* line) { return std::strstr(line, "memfd:yutu-shm") != nullptr; });
+}
+
+TEST_CASE("shm: a block its live owner frees is let go by the peer that mapped it, with no transfer to it") {
+  // The initiator's threads cache their mapping of the block; none of them reaches it again. Without
+  // the exit watch's sweep of released blocks, that mapping (and the block's pages) stays as long
+  // as the initiator runs: a node freeing a segment would give no memory back.
+  auto target = make_engine({"shm"}, "target-release");
+  auto init = make_engine({"shm"}, "init-release");
+  const std::size_t n = 4 << 20;
+  aligned_buf src(n);
+  REQUIRE(init->register_memory(src.p, src.n));
+  auto seg = yutu::sync_wait(init->open_segment("target-release"));
+  REQUIRE(seg);
+  const std::size_t base = mapped_shm();
+  auto a = target->allocate_shared(n);
+  REQUIRE(a);
+  auto* am = static_cast<std::byte*>(*a);
+  REQUIRE(write_until_landed(*init, *seg, src.p, am, n, 77));
+  // The owner's block and the initiator's mapping of it (written through: its pages are mapped).
+  CHECK(mapped_shm() >= base + 2 * n);
+  REQUIRE(target->free_shared(am));
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (mapped_shm() > base && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  CHECK(mapped_shm() == base);
+  // A new block at the owner is found and written as before.
+  auto b = target->allocate_shared(n);
+  REQUIRE(b);
+  auto* bm = static_cast<std::byte*>(*b);
+  CHECK(write_until_landed(*init, *seg, src.p, bm, n, 78));
+  REQUIRE(target->free_shared(bm));
 }
 
 TEST_CASE("shm: a copy through a descriptor older than an unregister or a free fails; registered again, it lands") {

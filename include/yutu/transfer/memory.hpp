@@ -110,12 +110,18 @@ class shm_mapping {
   // Lets go of the peer's memory while other threads may still be copying through this mapping:
   // the range becomes private zero-filled memory in one step (their copies land there, and no
   // fault), and the memfd's pages go once no other process maps them. The range stays reserved
-  // until destruction. For a peer that exited.
+  // until destruction. For a peer that exited, or a block its owner freed.
   void retire() noexcept;
+  // Where the owner's guard word of the block lies (shm_block::guard; 0: none).
+  void set_guard(std::uint64_t offset) noexcept { guard_ = offset; }
+  // Whether the owner has let go of the block (its guard word reads 0: unregistered or freed). A
+  // retired mapping reads 0 too.
+  bool released_by_owner() const noexcept;
 
  private:
   void* addr_ = nullptr;
   std::uint64_t size_ = 0;
+  std::uint64_t guard_ = 0;
 };
 
 }  // namespace yutu::transfer
