@@ -21,7 +21,7 @@ namespace {
 [[gnu::noinline]] task<int> small(int v) { co_return v + 1; }
 
 // A frame larger than the pool serves: it bypasses the lists.
-[[gnu::noinline]] task<int> large(int v) {
+[[gnu::noinline, maybe_unused]] task<int> large(int v) {
   std::array<char, 8192> pad{};
   pad[static_cast<std::size_t>(v) % pad.size()] = 1;
   co_return v + pad[0];

@@ -96,6 +96,8 @@ class frame_pool {
         return;
       }
     }
+#else
+    (void)n;
 #endif
     ::operator delete(p);
   }
